@@ -1,0 +1,85 @@
+"""What a backend object is: the protocol every backend implements.
+
+A backend computes attnref's ops on its own array type. It converts NumPy
+arrays in with :meth:`Backend.asarray` and out with :meth:`Backend.to_numpy`;
+everything else (the conformance suite, the benchmarks) talks to it through
+those two methods and the op methods, whose names and signatures are the
+reference's, without ``precision`` and ``return_weights``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from attnref.dtypes import DTYPE_NAMES
+
+__all__ = ["OPS", "Backend", "backend_problems"]
+
+#: Every op a backend may implement, by its reference name.
+OPS: tuple[str, ...] = (
+    "global_attention",
+    "local_attention",
+    "chunked_attention",
+    "additive_attention",
+    "luong_attention",
+)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The protocol of a backend object.
+
+    Attributes
+    ----------
+    name : str
+        Unique name, e.g. ``"numpy"``.
+    version : str
+        Version of the backend (and, where useful, of its library).
+    ops : frozenset of str
+        The op names it implements (a subset of :data:`OPS`); each is a method.
+    dtypes : frozenset of str
+        The dtype names it supports (a subset of ``attnref.dtypes.DTYPE_NAMES``).
+    unavailable_reason : str or None
+        ``None`` when usable; otherwise why not (library missing, no GPU).
+        May be a property that checks lazily; it must not raise.
+    """
+
+    name: str
+    version: str
+    ops: frozenset[str]
+    dtypes: frozenset[str]
+
+    @property
+    def unavailable_reason(self) -> str | None: ...
+
+    def asarray(self, array: Any) -> Any:
+        """A NumPy array as this backend's native array, on its default device, dtype kept."""
+
+    def to_numpy(self, array: Any) -> Any:
+        """A native array back as a NumPy array, dtype kept."""
+
+
+def backend_problems(obj: Any) -> list[str]:
+    """What makes ``obj`` an invalid backend (an empty list if it is valid)."""
+    problems = []
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str) or not name:
+        problems.append(f"'name' must be a non-empty str, got {name!r}")
+    if not isinstance(getattr(obj, "version", None), str):
+        problems.append("'version' must be a str")
+    ops = getattr(obj, "ops", None)
+    if not isinstance(ops, (set, frozenset)) or not ops <= set(OPS):
+        problems.append(f"'ops' must be a set of op names from {OPS}, got {ops!r}")
+    else:
+        problems += [
+            f"declares op {op!r} but has no callable {op}()"
+            for op in sorted(ops)
+            if not callable(getattr(obj, op, None))
+        ]
+    dtypes = getattr(obj, "dtypes", None)
+    if not isinstance(dtypes, (set, frozenset)) or not dtypes <= set(DTYPE_NAMES):
+        problems.append(f"'dtypes' must be a set of dtype names from {DTYPE_NAMES}, got {dtypes!r}")
+    for method in ("asarray", "to_numpy"):
+        if not callable(getattr(obj, method, None)):
+            problems.append(f"missing method {method}()")
+    return problems

@@ -1,0 +1,96 @@
+"""Numerical pieces shared by the reference ops.
+
+Everything here runs in one *compute dtype*: float64 by default, or the
+``precision=`` dtype, in which case every intermediate is rounded to it. Matrix
+products of 16-bit dtypes accumulate in float32 and round once, as every real
+fp16/bf16 kernel does; elementwise steps and reductions run in the dtype.
+
+Masking selects, it never multiplies: a disallowed key contributes nothing,
+even when its score or value is NaN or infinite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from attnref.dtypes import numpy_dtype
+
+__all__ = ["compute_dtype", "cast", "matmul", "masked_softmax", "weighted_sum", "apply_softcap"]
+
+
+def compute_dtype(precision: Any) -> np.dtype:
+    """float64 for ``precision=None``, else the NumPy dtype of ``precision``."""
+    return np.dtype(np.float64) if precision is None else numpy_dtype(precision, "precision")
+
+
+def cast(x: Any, dt: np.dtype) -> np.ndarray:
+    """``x`` as a NumPy array of dtype ``dt`` (rounding once)."""
+    return np.asarray(x).astype(dt, copy=False)
+
+
+def matmul(a: np.ndarray, b: np.ndarray, dt: np.dtype) -> np.ndarray:
+    """``a @ b`` in ``dt``; 16-bit dtypes accumulate in float32, then round once."""
+    if dt.itemsize == 2:
+        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(dt)
+    return np.matmul(a, b)
+
+
+def apply_softcap(s: np.ndarray, cap: float, dt: np.dtype) -> np.ndarray:
+    """``cap * tanh(s / cap)``, in ``dt``."""
+    c = dt.type(cap)
+    return (c * np.tanh(s / c)).astype(dt, copy=False)
+
+
+def masked_softmax(s: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax of ``s`` over the allowed entries of its last axis.
+
+    With ``m_i = max_{j allowed} s_ij``::
+
+        P_ij  = exp(s_ij - m_i) / sum_{j allowed} exp(s_ij - m_i)   (j allowed; else 0)
+        lse_i = m_i + log sum_{j allowed} exp(s_ij - m_i)
+
+    A row with no allowed key, or whose allowed scores are all ``-inf``, has
+    ``P = 0`` and ``lse = -inf``. NaN in an allowed score makes its row NaN.
+
+    Returns
+    -------
+    P : ndarray, same shape and dtype as ``s``
+    lse : ndarray, ``s.shape[:-1]``
+    """
+    dt = s.dtype
+    neg_inf, zero, one = dt.type(-np.inf), dt.type(0), dt.type(1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        masked = np.where(allowed, s, neg_inf)
+        m = masked.max(axis=-1, keepdims=True)
+        m = np.where(m == neg_inf, zero, m)
+        e = np.where(allowed, np.exp(masked - m), zero)
+        total = e.sum(axis=-1, keepdims=True, dtype=dt)
+        empty = total == zero
+        P = np.where(empty, zero, e / np.where(empty, one, total))
+        lse = np.where(empty, neg_inf, m + np.log(np.where(empty, one, total)))
+    return P.astype(dt, copy=False), lse[..., 0].astype(dt, copy=False)
+
+
+def weighted_sum(P: np.ndarray, allowed: np.ndarray, v: np.ndarray, dt: np.dtype) -> np.ndarray:
+    """``out_i = sum_{j allowed} P_ij v_j`` over the last two axes, in ``dt``.
+
+    ``P`` is 0 at disallowed keys, so a plain product is right for finite
+    ``v``. A NaN or infinite value at a disallowed key would still leak
+    (``0 * nan = nan``), so non-finite entries of ``v`` are added back one by
+    one, only to the rows that may see them.
+    """
+    finite = np.isfinite(v)
+    if finite.all():
+        return matmul(P, v, dt)
+    out = matmul(P, np.where(finite, v, dt.type(0)), dt)
+    lead = P.shape[:-2]
+    for index in np.argwhere(~np.broadcast_to(finite, lead + v.shape[-2:])):
+        *batch, j, c = (int(n) for n in index)
+        batch = tuple(batch)
+        rows = allowed[batch][:, j]
+        vb = np.broadcast_to(v, lead + v.shape[-2:])[batch]
+        with np.errstate(invalid="ignore"):
+            out[batch][rows, c] = (out[batch][rows, c] + P[batch][rows, j] * vb[j, c]).astype(dt)
+    return out

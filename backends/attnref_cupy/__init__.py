@@ -1,0 +1,1 @@
+"""The built-in cupy backend of attnref (registered through the attnref.backends entry point)."""

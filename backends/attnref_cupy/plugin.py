@@ -1,0 +1,9 @@
+"""Entry point of the cupy backend (placeholder: filled by its issue)."""
+
+import attnref
+
+
+@attnref.hookimpl
+def attnref_backends():
+    """No backend yet."""
+    return []
