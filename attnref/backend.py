@@ -9,6 +9,7 @@ reference's, without ``precision`` and ``return_weights``.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Protocol, runtime_checkable
 
 from attnref.dtypes import DTYPE_NAMES
@@ -60,26 +61,49 @@ class Backend(Protocol):
 
 
 def backend_problems(obj: Any) -> list[str]:
-    """What makes ``obj`` an invalid backend (an empty list if it is valid)."""
-    problems = []
-    name = getattr(obj, "name", None)
+    """What makes ``obj`` an invalid backend (an empty list if it is valid).
+
+    Never raises: an attribute whose access raises is reported as a problem.
+    ``unavailable_reason`` is looked up without being evaluated, since it may
+    be a lazy probe.
+    """
+    problems: list[str] = []
+    name = _attribute(obj, "name", problems)
     if not isinstance(name, str) or not name:
         problems.append(f"'name' must be a non-empty str, got {name!r}")
-    if not isinstance(getattr(obj, "version", None), str):
-        problems.append("'version' must be a str")
-    ops = getattr(obj, "ops", None)
+    version = _attribute(obj, "version", problems)
+    if not isinstance(version, str):
+        problems.append(f"'version' must be a str, got {version!r}")
+    ops = _attribute(obj, "ops", problems)
     if not isinstance(ops, (set, frozenset)) or not ops <= set(OPS):
         problems.append(f"'ops' must be a set of op names from {OPS}, got {ops!r}")
     else:
         problems += [
-            f"declares op {op!r} but has no callable {op}()"
+            f"declares op {op!r} but has no method {op}()"
             for op in sorted(ops)
-            if not callable(getattr(obj, op, None))
+            if not callable(_attribute(obj, op, problems))
         ]
-    dtypes = getattr(obj, "dtypes", None)
+    dtypes = _attribute(obj, "dtypes", problems)
     if not isinstance(dtypes, (set, frozenset)) or not dtypes <= set(DTYPE_NAMES):
         problems.append(f"'dtypes' must be a set of dtype names from {DTYPE_NAMES}, got {dtypes!r}")
     for method in ("asarray", "to_numpy"):
-        if not callable(getattr(obj, method, None)):
+        if not callable(_attribute(obj, method, problems)):
             problems.append(f"missing method {method}()")
+    if not _has_attribute_statically(obj, "unavailable_reason"):
+        problems.append("missing attribute 'unavailable_reason' (None when usable)")
     return problems
+
+
+def _attribute(obj: Any, name: str, problems: list[str]) -> Any:
+    """``getattr(obj, name, None)``, recording an access that raises as a problem."""
+    try:
+        return getattr(obj, name, None)
+    except Exception as exc:  # a property of a broken backend
+        problems.append(f"reading {name!r} raised {type(exc).__name__}: {exc}")
+        return None
+
+
+def _has_attribute_statically(obj: Any, name: str) -> bool:
+    """Whether ``obj`` has ``name`` without running a property (or it resolves names dynamically)."""
+    missing = object()
+    return inspect.getattr_static(obj, name, missing) is not missing or hasattr(type(obj), "__getattr__")

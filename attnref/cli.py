@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -12,21 +13,27 @@ __all__ = ["main"]
 
 
 def _cmd_backends(args: argparse.Namespace) -> int:
+    """Print every plugin and backend with its state; 0 even when some failed (they are reported)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from attnref.registry import backend_statuses
 
-    table = Table(title="attnref backends")
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 10_000  # piped: one line per row, so the output can be grepped
+    table = Table(title=f"attnref {__version__} backends")
     for column in ("plugin", "backend", "status", "version", "ops", "dtypes", "detail"):
         table.add_column(column, overflow="fold")
-    colours = {"available": "green", "unavailable": "yellow", "failed": "red", "disabled": "dim"}
+    colours = {"available": "green", "unavailable": "yellow", "loaded": "cyan", "failed": "red", "disabled": "dim"}
     for s in backend_statuses():
-        table.add_row(
-            s.plugin, s.backend or "-", f"[{colours[s.state]}]{s.state}[/]", s.version or "-",
-            ", ".join(s.ops) or "-", ", ".join(s.dtypes) or "-", s.detail or "",
-        )  # fmt: skip
-    Console().print(table)
+        # Text, not markup: a plugin's error message may contain "[...]".
+        cells = (s.plugin, s.backend or "-", s.state, s.version or "-", ", ".join(s.ops) or "-",
+                 ", ".join(s.dtypes) or "-", s.detail or "")  # fmt: skip
+        styles = {2: colours.get(s.state, "")}
+        table.add_row(*(Text(cell, style=styles.get(i, "")) for i, cell in enumerate(cells)))
+    console.print(table)
     return 0
 
 

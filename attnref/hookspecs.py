@@ -10,16 +10,19 @@ plugin package, ``my_attn``, with a ``pyproject.toml`` holding::
 and ``my_attn/plugin.py``::
 
     import numpy as np
+
     import attnref
-    from attnref.reference import global_attention
+    from attnref import reference
 
 
-    class MyBackend:
+    class MyBackend:  # global attention in float32 and float64
         name = "my_attn"
         version = "0.1.0"
         ops = frozenset({"global_attention"})
         dtypes = frozenset({"float32", "float64"})
-        unavailable_reason = None  # or a str saying why it cannot run here
+        # None when usable, else why not. If the check needs a heavy library,
+        # make this a property that imports it on first use.
+        unavailable_reason = None
 
         def asarray(self, array):
             return np.asarray(array)
@@ -30,7 +33,16 @@ and ``my_attn/plugin.py``::
         def global_attention(self, q, k, v, *, causal=False, scale=None, softcap=None,
                              bias=None, mask=None, kv_lengths=None, q_lengths=None,
                              align="bottom_right", return_lse=False):
-            ...  # your kernel; validate with attnref.validation.check_attention
+            # Your kernel goes here (validate first with
+            # attnref.validation.check_attention). This one rounds the
+            # float64 reference to the input dtype.
+            result = reference.global_attention(
+                q, k, v, causal=causal, scale=scale, softcap=softcap, bias=bias,
+                mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+                return_lse=return_lse)
+            if return_lse:
+                return tuple(x.astype(q.dtype) for x in result)
+            return result.astype(q.dtype)
 
 
     @attnref.hookimpl
@@ -44,9 +56,10 @@ After ``pip install``, ``attnref backends`` lists it and ``attnref conform
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import pluggy
+
+from attnref.backend import Backend
 
 __all__ = ["PROJECT", "ENTRY_POINT_GROUP", "hookspec", "hookimpl", "attnref_backends"]
 
@@ -61,11 +74,14 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def attnref_backends() -> Iterable[Any]:
+def attnref_backends() -> Iterable[Backend]:
     """Return the backend objects this plugin provides.
 
-    Each object follows :class:`attnref.backend.Backend`. Keep this cheap:
-    import heavy libraries (torch, cupy) only when an op first runs, and report
-    a missing runtime through the backend's ``unavailable_reason`` instead of
-    raising.
+    Each object follows :class:`attnref.backend.Backend`; backend names must be
+    unique across all installed plugins. Keep this cheap and side-effect free:
+    import heavy libraries (torch, cupy) only when an op first runs, report a
+    missing runtime through the backend's ``unavailable_reason`` instead of
+    raising, and do not query the registry from here. Returning an empty list
+    is allowed (``attnref backends`` then shows the plugin as loaded with no
+    backend).
     """
