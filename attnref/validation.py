@@ -77,13 +77,12 @@ def _choice(argument: str, value: Any, choices: tuple[str, ...]) -> str:
 def check_window(window: Any, argument: str = "window") -> tuple[int | None, int | None]:
     """Normalise a window to ``(left, right)``.
 
-    An int ``w`` means ``(w, w)``; each side of a pair is a non-negative int or
-    ``None``/``-1`` (unbounded, the FlashAttention/ONNX spelling).
+    An int ``w`` means ``(w, w)`` (so ``-1`` is unbounded on both sides); each
+    side of a pair is a non-negative int or ``None``/``-1`` (unbounded, the
+    FlashAttention/ONNX spelling).
     """
     if _is_int(window):
-        side = _window_side(argument, window)
-        if side is None:
-            raise invalid_value(argument, repr(window), "an integer >= 0 or a pair (left, right)")
+        side = _window_side(argument, window)  # -1 means (None, None), as FlashAttention's (-1, -1)
         return side, side
     if not isinstance(window, (tuple, list)) or len(window) != 2:
         raise invalid_type(argument, repr(window), "an integer >= 0 or a pair (left, right) of integers >= 0 or None")

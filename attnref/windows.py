@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
+
 from attnref.errors import invalid_type, invalid_value
 from attnref.validation import check_flag
 
@@ -45,8 +49,9 @@ def window_from_size(n: int, causal: bool = True) -> tuple[int, int]:
     (256, 256)
     """
     causal = check_flag("causal", causal)
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
         raise invalid_type("n", repr(n), "an integer window size")
+    n = int(n)  # NumPy integers too, as everywhere else in attnref; return plain ints
     if causal:
         if n < 1:
             raise invalid_value("n", repr(n), "an integer >= 1 (keys in a causal window, current one included)")

@@ -31,10 +31,14 @@ def cast(x: Any, dt: np.dtype) -> np.ndarray:
 
 
 def matmul(a: np.ndarray, b: np.ndarray, dt: np.dtype) -> np.ndarray:
-    """``a @ b`` in ``dt``; 16-bit dtypes accumulate in float32, then round once."""
-    if dt.itemsize == 2:
-        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(dt)
-    return np.matmul(a, b)
+    """``a @ b`` in ``dt``; 16-bit dtypes accumulate in float32, then round once.
+
+    Non-finite inputs are data, not errors: ``inf * 0`` gives NaN silently.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        if dt.itemsize == 2:
+            return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(dt)
+        return np.matmul(a, b)
 
 
 def apply_softcap(s: np.ndarray, cap: float, dt: np.dtype) -> np.ndarray:
@@ -52,7 +56,8 @@ def masked_softmax(s: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.n
         lse_i = m_i + log sum_{j allowed} exp(s_ij - m_i)
 
     A row with no allowed key, or whose allowed scores are all ``-inf``, has
-    ``P = 0`` and ``lse = -inf``. NaN in an allowed score makes its row NaN.
+    ``P = 0`` and ``lse = -inf``. NaN in an allowed score makes its row's
+    allowed entries and its lse NaN; disallowed entries stay 0.
 
     Returns
     -------
@@ -68,7 +73,8 @@ def masked_softmax(s: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.n
         e = np.where(allowed, np.exp(masked - m), zero)
         total = e.sum(axis=-1, keepdims=True, dtype=dt)
         empty = total == zero
-        P = np.where(empty, zero, e / np.where(empty, one, total))
+        # Disallowed keys get exactly 0, even in a NaN row (a NaN total must not reach them).
+        P = np.where(empty | ~allowed, zero, e / np.where(empty, one, total))
         lse = np.where(empty, neg_inf, m + np.log(np.where(empty, one, total)))
     return P.astype(dt, copy=False), lse[..., 0].astype(dt, copy=False)
 

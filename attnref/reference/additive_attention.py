@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,8 @@ def additive_attention(
     weights : ndarray, (B, L)
     """
     x, w_in, b_in, w_out = (np.asarray(a) for a in (x, w_in, b_in, w_out))
-    b_out = None if b_out is None else np.asarray(b_out)
+    if b_out is not None and not isinstance(b_out, numbers.Real):  # a Python/NumPy scalar is checked as it is
+        b_out = np.asarray(b_out)
     mask = None if mask is None else np.asarray(mask)
     args = check_additive(x, w_in, b_in, w_out, b_out, mask=mask, window=window, center=center)
     dt = compute_dtype(precision)

@@ -46,6 +46,9 @@ def luong_attention(
                  not renormalised, as in the paper)
         c_t    = sum_s a_t(s) h_s
 
+    A NaN ``p_t`` (from NaN in ``h_t``, ``w_p`` or ``v_p``) leaves the window
+    undefined: every ``a_t(s)`` with ``s < S_b`` is then NaN, never silently 0.
+
     Parameters
     ----------
     h_t : array, (B, T, d)
@@ -96,6 +99,12 @@ def luong_attention(
         offset = (s.astype(dt) - p_t).astype(dt)
         gauss = np.exp((-(offset * offset) / (dt.type(2) * sigma * sigma)).astype(dt))
         weights = np.where(allowed, weights * gauss, dt.type(0)).astype(dt)
+        # A NaN p_t leaves the window undefined; the comparisons above would silently
+        # drop every position. The NaN must reach the outputs: all valid positions get NaN.
+        unknown = np.isnan(p_t) & (s < args.source_lengths[:, None, None])
+        if unknown.any():
+            weights = np.where(unknown, dt.type(np.nan), weights).astype(dt)
+            allowed = allowed | unknown
     return weighted_sum(weights, allowed, hs, dt), weights
 
 
