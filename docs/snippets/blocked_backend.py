@@ -1,0 +1,115 @@
+"""A complete small backend: the three multi-head ops in NumPy, blocked over queries.
+
+This file is the example of docs/guides/write-a-backend.md, shown there verbatim
+and run by tests/test_docs.py against the reference. It is written for reading,
+not speed: one batch and one query block at a time, keys limited to the range
+the pattern can reach.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import attnref
+from attnref import validation
+from attnref.patterns import Pattern
+
+QUERY_BLOCK = 64
+
+
+class BlockedNumpy:
+    """Global, local and chunked attention, float32 and float64."""
+
+    name = "blocked_numpy_example"
+    version = "0.1.0"
+    ops = frozenset({"global_attention", "local_attention", "chunked_attention"})
+    dtypes = frozenset({"float32", "float64"})
+    unavailable_reason = None  # always usable: NumPy is a dependency of attnref
+
+    def asarray(self, array):
+        return np.asarray(array)
+
+    def to_numpy(self, array):
+        return np.asarray(array)
+
+    # -- the ops: validate the pattern's own argument, then the shared ones --
+    def global_attention(self, q, k, v, *, causal=False, scale=None, softcap=None, bias=None, mask=None,
+                         kv_lengths=None, q_lengths=None, align="bottom_right", return_lse=False):  # fmt: skip
+        pattern = validation.full_pattern(causal)
+        return _attend(q, k, v, pattern, scale, softcap, bias, mask, kv_lengths, q_lengths, align, return_lse)
+
+    def local_attention(self, q, k, v, *, window, scale=None, softcap=None, bias=None, mask=None,
+                        kv_lengths=None, q_lengths=None, align="bottom_right", return_lse=False):  # fmt: skip
+        pattern = validation.window_pattern(window)
+        return _attend(q, k, v, pattern, scale, softcap, bias, mask, kv_lengths, q_lengths, align, return_lse)
+
+    def chunked_attention(self, q, k, v, *, chunk_size, causal=False, scale=None, softcap=None, bias=None,
+                          mask=None, kv_lengths=None, q_lengths=None, align="bottom_right",
+                          return_lse=False):  # fmt: skip
+        pattern = validation.chunk_pattern(chunk_size, causal)
+        return _attend(q, k, v, pattern, scale, softcap, bias, mask, kv_lengths, q_lengths, align, return_lse)
+
+
+def _attend(q, k, v, pattern: Pattern, scale, softcap, bias, mask, kv_lengths, q_lengths, align, return_lse):
+    args = validation.check_attention(
+        q, k, v, scale=scale, softcap=softcap, bias=bias, mask=mask,
+        kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
+    )  # fmt: skip
+    if q.dtype.name not in ("float32", "float64"):
+        raise attnref.InvalidTypeError(f"q: expected float32 or float64 for this backend, got dtype {q.dtype}")
+    # Accumulate in float64 and round once at the end: simple, and more accurate than the rule demands.
+    out = np.zeros((args.batch, args.q_heads, args.q_len, args.value_dim))
+    lse = np.full((args.batch, args.q_heads, args.q_len), -np.inf)
+    kv_head = np.arange(args.q_heads) // args.group  # query head h reads kv head h // group
+    offsets = args.offsets()  # per-batch alignment offset: p = i + offsets[b]
+    for b in range(args.batch):
+        kv_len = args.kv_len if args.kv_lengths is None else int(args.kv_lengths[b])
+        q_len = args.q_len if args.q_lengths is None else int(args.q_lengths[b])
+        for start in range(0, q_len, QUERY_BLOCK):  # rows >= q_len stay 0 / -inf
+            rows = np.arange(start, min(start + QUERY_BLOCK, q_len))
+            p = rows + offsets[b]
+            lo, hi = pattern.key_range(int(p[0]), int(p[-1]), kv_len)  # every allowed key is in [lo, hi)
+            if lo >= hi:
+                continue  # no key for this block: out 0, lse -inf
+            keys = np.arange(lo, hi)
+            s = q[b][:, rows].astype(np.float64) @ k[b][kv_head][:, keys].astype(np.float64).swapaxes(1, 2)
+            s *= args.scale
+            if args.softcap is not None:
+                s = args.softcap * np.tanh(s / args.softcap)
+            if bias is not None:
+                s += np.broadcast_to(bias, args.scores_shape)[b][:, rows][:, :, keys]
+            if pattern.block_is_full(int(p[0]), int(p[-1]), lo, hi - 1):
+                allowed = np.ones(s.shape, dtype=bool)  # the pattern allows the whole block: no mask needed
+            else:
+                allowed = np.broadcast_to(pattern.allows(p[:, None], keys[None, :]), s.shape)
+            if mask is not None:
+                allowed = allowed & np.broadcast_to(mask, args.scores_shape)[b][:, rows][:, :, keys]
+            values = v[b][kv_head][:, keys].astype(np.float64)
+            out[b][:, rows], lse[b][:, rows] = _softmax_times(s, allowed, values)
+    out, lse = out.astype(q.dtype), lse.astype(q.dtype)
+    return (out, lse) if return_lse else out
+
+
+def _softmax_times(s, allowed, values):
+    """``softmax(s) @ values`` over the allowed keys, and the lse; empty rows give 0 and -inf."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        masked = np.where(allowed, s, -np.inf)  # select, never multiply: a NaN at a masked key stays out
+        m = masked.max(axis=-1, keepdims=True)
+        m = np.where(m == -np.inf, 0.0, m)  # an empty row (or all -inf) must not compute -inf - -inf
+        e = np.where(allowed, np.exp(masked - m), 0.0)
+        total = e.sum(axis=-1, keepdims=True)
+        P = e / np.where(total == 0, 1.0, total)
+        lse = np.where(total[..., 0] == 0, -np.inf, m[..., 0] + np.log(np.where(total == 0, 1.0, total))[..., 0])
+        finite = np.isfinite(values)
+        out = P @ np.where(finite, values, 0.0)
+        # 0 * nan = nan: put non-finite values back only into the rows allowed to see them.
+        for h, j, c in zip(*np.nonzero(~finite), strict=True):
+            seen = allowed[h, :, j]
+            out[h, seen, c] += P[h, seen, j] * values[h, j, c]
+    return out, lse
+
+
+@attnref.hookimpl
+def attnref_backends():
+    """The hook the registry calls: this plugin provides one backend."""
+    return [BlockedNumpy()]
