@@ -1,0 +1,407 @@
+"""Run conformance cases on backends and collect the results.
+
+The runner reaches a backend only through the registry and the backend's
+``asarray``/``to_numpy`` adapters and op methods; it never imports a backend's
+array library. For one case on one backend and dtype it:
+
+1. says ``unsupported`` when the backend does not declare the op or the dtype;
+2. rounds the case's floating inputs to the dtype;
+3. for an error case, asks the reference which error class it raises and
+   checks that the backend raises the same (``ValueError`` or ``TypeError``);
+4. otherwise runs the reference on the rounded inputs three times (float64;
+   ``precision=`` the dtype; float64 on inputs moved by one rounding: see
+   :mod:`attnref.conformance.tolerance`), runs the backend, checks that it left
+   its inputs alone and what it returned (how many arrays, their shapes and
+   dtypes), and applies the pass rule to every array.
+
+A backend op that raises on a valid case gets ``error`` with the exception's
+text, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from attnref.conformance.cases import Case, case_rng
+from attnref.conformance.tolerance import Verdict, accumulation_dtype, eps, judge
+from attnref.dtypes import DTYPE_NAMES, numpy_dtype
+from attnref.errors import BackendError, BackendNotFoundError, BackendUnavailableError
+
+__all__ = [
+    "STATUSES",
+    "Result",
+    "Target",
+    "BackendReport",
+    "Report",
+    "ReferenceCache",
+    "rounded_inputs",
+    "run_case",
+    "resolve_targets",
+    "run_suite",
+]
+
+STATUSES: tuple[str, ...] = ("pass", "fail", "error", "unsupported")
+
+
+@dataclass
+class Result:
+    """The outcome of one case on one backend and dtype.
+
+    ``err`` and ``allowed`` are the worst returned array's error and bound
+    (``None`` for error cases, errors and unsupported cases; ``err`` is
+    ``inf`` when a NaN or infinity does not match). ``trace`` holds the
+    traceback of an ``error`` (not part of the JSON report).
+    """
+
+    op: str
+    case: str
+    dtype: str
+    status: str
+    err: float | None = None
+    allowed: float | None = None
+    detail: str | None = None
+    trace: str | None = None
+
+    @property
+    def key(self) -> str:
+        """``"op/case/dtype"``: the id used by pytest and the xfail files."""
+        return f"{self.op}/{self.case}/{self.dtype}"
+
+    @property
+    def ratio(self) -> float:
+        """How far past its bound the worst array is (``err / allowed``)."""
+        if self.err is None or self.allowed is None:
+            return math.inf if self.status == "error" else 0.0
+        if self.err == 0:
+            return 0.0
+        return math.inf if self.allowed == 0 else self.err / self.allowed
+
+    def as_json(self) -> dict[str, Any]:
+        """The entry of the JSON report (non-finite errors become ``null``)."""
+
+        def number(x: float | None) -> float | None:
+            return x if x is not None and math.isfinite(x) else None
+
+        return {
+            "op": self.op,
+            "case": self.case,
+            "dtype": self.dtype,
+            "status": self.status,
+            "err": number(self.err),
+            "allowed": number(self.allowed),
+            "detail": self.detail,
+        }
+
+
+class ReferenceCache:
+    """The reference runs of each (case, dtype) (or the error class it raises), computed once, shared by backends."""
+
+    def __init__(self) -> None:
+        self._store: dict[tuple[str, str], Any] = {}
+
+    def get(self, key: tuple[str, str], compute: Callable[[], Any]) -> Any:
+        """The stored value of ``key``, computing it first if needed."""
+        if key not in self._store:
+            self._store[key] = compute()
+        return self._store[key]
+
+
+def _reference(op: str) -> Callable[..., Any]:
+    import attnref.reference
+
+    return getattr(attnref.reference, op)
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def rounded_inputs(case: Case, dtype: str) -> dict[str, np.ndarray]:
+    """The floating inputs rounded to ``dtype`` (those in ``case.other_dtype`` to another dtype)."""
+    dt = numpy_dtype(dtype)
+    other = numpy_dtype("float64" if dtype == "float32" else "float32")
+    with np.errstate(over="ignore"):
+        return {
+            name: np.asarray(a).astype(other if name in case.other_dtype else dt) for name, a in case.inputs.items()
+        }
+
+
+def _exception_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def _moved(case: Case, inputs: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+    """The inputs in float64, each entry moved by one rounding of the accumulation dtype, up or down."""
+    rng = case_rng(f"{case.key}/moved")
+    step = eps(accumulation_dtype(dtype))
+    moved = {}
+    for name, a in inputs.items():
+        signs = rng.choice(np.array([-1.0, 1.0]), size=a.shape)
+        with np.errstate(invalid="ignore"):  # inf stays inf, NaN stays NaN
+            moved[name] = np.asarray(a, dtype=np.float64) * (1.0 + step * signs)
+    return moved
+
+
+def _reference_runs(case: Case, inputs: dict[str, np.ndarray], dtype: str) -> tuple[tuple, tuple, tuple]:
+    """``(ref64, naive, moved)``: the reference in float64, at ``precision=dtype``, and in
+    float64 on inputs moved by one rounding (see :mod:`attnref.conformance.tolerance`)."""
+    fn = _reference(case.op)
+    args, kwargs = case.arguments(inputs, lambda a: a)
+    moved_args, moved_kwargs = case.arguments(_moved(case, inputs, dtype), lambda a: a)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = _as_tuple(fn(*args, **kwargs))
+        naive = _as_tuple(fn(*args, **kwargs, precision=dtype))
+        moved = _as_tuple(fn(*moved_args, **moved_kwargs))
+    return ref, naive, moved
+
+
+def _reference_error(case: Case, inputs: dict[str, np.ndarray]) -> type[BaseException] | None:
+    fn = _reference(case.op)
+    args, kwargs = case.arguments(inputs, lambda a: a)
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fn(*args, **kwargs)
+    except Exception as exc:
+        return type(exc)
+    return None
+
+
+def _error_class(cls: type[BaseException]) -> type[BaseException]:
+    """The built-in class a backend's error must belong to."""
+    for base in (ValueError, TypeError):
+        if issubclass(cls, base):
+            return base
+    return cls
+
+
+def _call_backend(backend: Any, case: Case, inputs: dict[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
+    """The op's return value, and the native inputs it was given."""
+    native = {name: backend.asarray(a) for name, a in inputs.items()}
+    args, kwargs = case.arguments(native, backend.asarray)
+    return getattr(backend, case.op)(*args, **kwargs), native
+
+
+def _modified_input(backend: Any, inputs: dict[str, np.ndarray], native: dict[str, Any]) -> str | None:
+    """The name of an input the op changed in place (``None`` if it changed none)."""
+    for name, before in inputs.items():
+        after = np.asarray(backend.to_numpy(native[name]))
+        if after.shape != before.shape or not np.array_equal(after, before, equal_nan=True):
+            return name
+    return None
+
+
+def _run_error_case(backend: Any, case: Case, dtype: str, inputs: dict[str, np.ndarray], cache: ReferenceCache):
+    base = Result(case.op, case.id, dtype, "pass")
+    expected = cache.get((case.key, dtype), lambda: _reference_error(case, inputs))
+    if expected is None:
+        return _with(base, "error", detail="catalogue problem: the reference accepts this error case")
+    want = _error_class(expected)
+    try:
+        _call_backend(backend, case, inputs)
+    except Exception as exc:
+        if isinstance(exc, want):
+            return base
+        return _with(base, "fail", detail=f"raised {_exception_text(exc)}; the reference raises {want.__name__}")
+    return _with(base, "fail", detail=f"accepted invalid input ({case.note}); the reference raises {want.__name__}")
+
+
+def _with(result: Result, status: str, **changes: Any) -> Result:
+    result.status = status
+    for name, value in changes.items():
+        setattr(result, name, value)
+    return result
+
+
+def _check_array(name: str, array: Any, ref: np.ndarray, dtype: str, exact_dtype: bool) -> str | None:
+    """Why ``array`` does not have the shape and dtype it should (``None`` if it does)."""
+    if not isinstance(array, np.ndarray):
+        return f"{name}: to_numpy returned {type(array).__name__}, not a NumPy array"
+    if array.shape != ref.shape:
+        return f"{name}: shape {array.shape}, expected {ref.shape}"
+    got = str(array.dtype)
+    if exact_dtype and got != dtype:
+        return f"{name}: dtype {got}, expected {dtype} (the input dtype)"
+    if not exact_dtype and (got not in DTYPE_NAMES or DTYPE_NAMES.index(got) < DTYPE_NAMES.index(dtype)):
+        return f"{name}: dtype {got}, expected {dtype} or a more precise floating dtype"
+    return None
+
+
+def _run_value_case(backend: Any, case: Case, dtype: str, inputs: dict[str, np.ndarray], cache: ReferenceCache):
+    base = Result(case.op, case.id, dtype, "pass")
+    ref, naive, moved = cache.get((case.key, dtype), lambda: _reference_runs(case, inputs, dtype))
+    try:
+        returned, native = _call_backend(backend, case, inputs)
+    except Exception as exc:
+        return _with(base, "error", detail=_exception_text(exc), trace=traceback.format_exc(limit=-8))
+    changed = _modified_input(backend, inputs, native)
+    if changed is not None:
+        return _with(base, "fail", detail=f"the op modified its input {changed} in place")
+    names = case.outputs
+    if len(names) == 1 and isinstance(returned, (tuple, list)):
+        return _with(base, "fail", detail=f"returned a {type(returned).__name__}; expected the array {names[0]} alone")
+    if len(names) > 1 and not (isinstance(returned, (tuple, list)) and len(returned) == len(names)):
+        return _with(base, "fail", detail=f"returned {type(returned).__name__}; expected ({', '.join(names)})")
+    try:
+        arrays = [backend.to_numpy(a) for a in _as_tuple(returned)]
+    except Exception as exc:
+        return _with(base, "error", detail=f"to_numpy: {_exception_text(exc)}", trace=traceback.format_exc(limit=-8))
+    verdicts: list[Verdict] = []
+    for index, (name, got) in enumerate(zip(names, arrays, strict=True)):
+        problem = _check_array(name, got, ref[index], dtype, exact_dtype=index == 0)
+        if problem is not None:
+            return _with(base, "fail", detail=problem)
+        terms = inputs.get(case.terms.get(name, ""))
+        verdicts.append(judge(name, got, ref[index], naive[index], dtype, terms, moved[index]))
+    worst = max(verdicts, key=lambda v: (not v.ok, v.ratio))
+    status = "pass" if all(v.ok for v in verdicts) else "fail"
+    return _with(base, status, err=worst.err, allowed=worst.allowed, detail=None if worst.ok else worst.detail)
+
+
+def run_case(backend: Any, case: Case, dtype: str, cache: ReferenceCache | None = None) -> Result:
+    """Run one case on ``backend`` in ``dtype`` and judge it.
+
+    Parameters
+    ----------
+    backend : Backend
+        Any object following :class:`attnref.backend.Backend`.
+    case : Case
+    dtype : str
+        One of :data:`attnref.dtypes.DTYPE_NAMES`.
+    cache : ReferenceCache, optional
+        Shares the reference runs between backends.
+    """
+    if case.op not in backend.ops:
+        return Result(case.op, case.id, dtype, "unsupported", detail=f"backend does not implement {case.op}")
+    if dtype not in backend.dtypes:
+        return Result(case.op, case.id, dtype, "unsupported", detail=f"backend does not support {dtype}")
+    cache = cache if cache is not None else ReferenceCache()
+    inputs = rounded_inputs(case, dtype)
+    try:
+        if case.expect_error:
+            return _run_error_case(backend, case, dtype, inputs, cache)
+        return _run_value_case(backend, case, dtype, inputs, cache)
+    except Exception as exc:  # asarray or the harness itself: reported, the run goes on
+        return Result(case.op, case.id, dtype, "error", detail=_exception_text(exc), trace=traceback.format_exc())
+
+
+# -- whole runs --------------------------------------------------------------
+@dataclass
+class Target:
+    """A backend selected for a run: its object, or why it cannot run."""
+
+    name: str
+    backend: Any = None
+    reason: str | None = None
+
+    @property
+    def available(self) -> bool:
+        """Whether the backend can run here."""
+        return self.backend is not None
+
+
+def resolve_targets(names: Sequence[str] | None = None, registry: Any = None) -> list[Target]:
+    """The backends to run: ``names``, or every registered one.
+
+    Unavailable backends become targets with a ``reason``; an unknown name
+    raises :class:`~attnref.errors.BackendNotFoundError`.
+    """
+    from attnref.registry import default_registry
+
+    registry = registry if registry is not None else default_registry()
+    chosen = list(dict.fromkeys(names)) if names else registry.names(include_unavailable=True)
+    targets = []
+    for name in chosen:
+        try:
+            targets.append(Target(name, backend=registry.get(name)))
+        except BackendNotFoundError:
+            raise
+        except BackendUnavailableError:
+            reasons = {s.backend: s.detail for s in registry.statuses() if s.state == "unavailable"}
+            targets.append(Target(name, reason=reasons.get(name) or "unavailable"))
+        except BackendError as exc:  # e.g. two plugins claim the name: reported, not run
+            targets.append(Target(name, reason=str(exc)))
+    return targets
+
+
+@dataclass
+class BackendReport:
+    """The results of one backend (empty, with a reason, when it is unavailable)."""
+
+    name: str
+    available: bool
+    reason: str | None = None
+    version: str | None = None
+    results: list[Result] = field(default_factory=list)
+
+    def summary(self) -> dict[str, int]:
+        """Counts by status."""
+        counts = dict.fromkeys(STATUSES, 0)
+        for r in self.results:
+            counts[r.status] += 1
+        return counts
+
+    def as_json(self) -> dict[str, Any]:
+        """The backend's entry in the JSON report."""
+        return {
+            "available": self.available,
+            "reason": self.reason,
+            "summary": self.summary(),
+            "cases": [r.as_json() for r in self.results],
+        }
+
+
+@dataclass
+class Report:
+    """The results of a whole run."""
+
+    backends: dict[str, BackendReport] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed or errored."""
+        return all(r.status in ("pass", "unsupported") for b in self.backends.values() for r in b.results)
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON report of the contract (section 5)."""
+        from attnref import __version__
+
+        return {"attnref": __version__, "backends": {n: b.as_json() for n, b in self.backends.items()}}
+
+
+def run_suite(
+    targets: Iterable[Target],
+    cases: Sequence[Case],
+    dtypes: Sequence[str] = DTYPE_NAMES,
+    *,
+    cache: ReferenceCache | None = None,
+    on_result: Callable[[str, Result], None] | None = None,
+) -> Report:
+    """Run every case in every dtype on every available target.
+
+    ``on_result(backend_name, result)`` is called after each case (for a
+    progress bar). Unavailable targets are reported with their reason.
+    """
+    cache = cache if cache is not None else ReferenceCache()
+    report = Report()
+    for target in targets:
+        if not target.available:
+            report.backends[target.name] = BackendReport(target.name, False, reason=target.reason)
+            continue
+        version = str(getattr(target.backend, "version", ""))
+        entry = report.backends[target.name] = BackendReport(target.name, True, version=version)
+        for case in cases:
+            for dtype in dtypes:
+                result = run_case(target.backend, case, dtype, cache)
+                entry.results.append(result)
+                if on_result is not None:
+                    on_result(target.name, result)
+    return report

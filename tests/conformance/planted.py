@@ -1,0 +1,482 @@
+"""A small NumPy backend built like a real kernel, with bugs that can be planted.
+
+:class:`ToyBackend` works the way a fused kernel does: scores in float32 for
+16-bit inputs (float64 for float64), an online softmax over blocks of keys,
+a float32 lse for 16-bit inputs, GQA by indexing rather than repeating, and
+masks applied by selection. Without bugs it must pass the whole conformance
+catalogue in every dtype; that is the evidence that the tolerance accepts an
+honest kernel. Each entry of :data:`BUGS` switches on one classic mistake,
+and the suite must catch every one of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+import attnref
+from attnref.backend import OPS
+from attnref.dtypes import DTYPE_NAMES
+from attnref.patterns import Pattern
+from attnref.registry import PluginSource, Registry
+from attnref.validation import (
+    check_additive,
+    check_attention,
+    check_luong,
+    check_window,
+    chunk_pattern,
+    full_pattern,
+    host_integers,
+)
+
+#: Keys per block of the online softmax: small blocks for short rows (so partial and
+#: single-key blocks happen), kernel-sized ones for long rows.
+SHORT_KEY_BLOCK, LONG_KEY_BLOCK = 4, 128
+
+
+@dataclass(frozen=True)
+class Bug:
+    """A planted bug: what it is, and a case that must catch it."""
+
+    description: str
+    op: str
+    dtype: str
+    catches: str  # the case id (within ``op``) that must fail or error
+
+
+BUGS: dict[str, Bug] = {
+    "window-off-by-one": Bug("window left side one too wide (left + 1)", "local_attention", "float64", "window-asym"),
+    "window-right-ignored": Bug("right side of the window ignored", "local_attention", "float64", "window-int"),
+    "alignment-ignored": Bug(
+        "bottom_right treated as top_left", "global_attention", "float64", "lq-lt-lk-bottom-right"
+    ),
+    "chunk-alignment-ignored": Bug(
+        "chunks built from i, not the aligned p", "chunked_attention", "float64", "lq-lt-lk-bottom-right"
+    ),
+    "lengths-offset-static": Bug(
+        "offset Lk - Lq ignores per-batch lengths", "global_attention", "float64", "q-kv-lengths"
+    ),
+    "nan-empty-rows": Bug("fully-masked rows divide 0 by 0 (NaN)", "global_attention", "float64", "mask"),
+    "neg-inf-scores-nan": Bug(
+        "rows whose allowed scores are all -inf give NaN", "local_attention", "float64", "bias-neg-inf"
+    ),
+    "fp32-in-fp16": Bug("float32 inputs computed in float16", "global_attention", "float32", "basic"),
+    "fp16-in-bf16": Bug("float16 inputs computed in bfloat16", "global_attention", "float16", "basic"),
+    "gqa-modulo": Bug("kv head h % Hkv instead of h // group", "global_attention", "float64", "gqa"),
+    "softcap-after-bias": Bug("softcap applied after the bias", "local_attention", "float64", "softcap-bias"),
+    "softcap-no-divide": Bug(
+        "softcap * tanh(s) without dividing s by softcap", "global_attention", "float64", "softcap"
+    ),
+    "scale-ignored": Bug("explicit scale ignored (always 1/sqrt(D))", "chunked_attention", "float64", "tiny-scale"),
+    "scale-no-sqrt": Bug("default scale 1/D instead of 1/sqrt(D)", "global_attention", "float64", "basic"),
+    "kv-lengths-ignored": Bug("kv_lengths ignored", "local_attention", "float64", "kv-lengths"),
+    "q-padding-computed": Bug("rows past q_lengths computed, not zeroed", "global_attention", "float64", "q-lengths"),
+    "lse-log2": Bug("lse in base 2", "global_attention", "float64", "basic"),
+    "no-max-shift": Bug("softmax without subtracting the running max", "global_attention", "float64", "large-logits"),
+    "chunk-off-by-one": Bug("chunk index of (p + 1) // c", "chunked_attention", "float64", "chunk-not-dividing"),
+    "chunk-causal-ignored": Bug("causal ignored in chunked attention", "chunked_attention", "float64", "chunk-causal"),
+    "mask-inverted": Bug("mask True = masked out", "global_attention", "float64", "mask"),
+    "nan-leak": Bug(
+        "P @ V multiplies disallowed NaN/inf values by 0", "global_attention", "float64", "nan-beyond-lengths"
+    ),
+    "accepts-bad-window": Bug(
+        "negative window sides read as unbounded", "local_attention", "float64", "error-window-side-negative"
+    ),
+    "kv-lengths-unchecked": Bug(
+        "kv_lengths not range-checked", "global_attention", "float64", "error-kv-lengths-too-long"
+    ),
+    "dtype-upcast": Bug("16-bit inputs return a float32 out", "local_attention", "float16", "basic"),
+    "lse-always": Bug("returns (out, lse) even when return_lse=False", "global_attention", "float64", "out-only"),
+    "additive-centre": Bug(
+        "default centre (L - 1) // 2 instead of L // 2", "additive_attention", "float64", "window-even-length"
+    ),
+    "additive-mask-window": Bug("mask dropped when a window is given", "additive_attention", "float64", "window-mask"),
+    "luong-renormalised": Bug("local-p renormalised after the Gaussian", "luong_attention", "float64", "local-p-dot"),
+    "luong-no-clamp": Bug("local-m p_t = t without min(t, S_b - 1)", "luong_attention", "float64", "local-m-t-gt-s"),
+    "luong-full-length": Bug("local-p p_t from S, not S_b", "luong_attention", "float64", "local-p-source-lengths"),
+    "luong-sigma": Bug("local-p sigma = D instead of D / 2", "luong_attention", "float64", "local-p-general"),
+    "luong-general-transposed": Bug(
+        "general score with w_a transposed", "luong_attention", "float64", "global-general"
+    ),
+    "additive-first-centre": Bug(
+        "the first batch's centre used for every batch", "additive_attention", "float64", "window-center-per-batch"
+    ),
+    "empty-lse-zero": Bug("lse 0 instead of -inf for padding rows", "global_attention", "float64", "q-lengths"),
+    "lse-missing-max": Bug("lse without the max added back", "chunked_attention", "float64", "basic"),
+    "nan-squashed": Bug("NaN scores treated as masked", "local_attention", "float64", "nan-q"),
+    "mask-before-softcap": Bug(
+        "mask applied as -inf before the softcap, which makes it -softcap",
+        "global_attention",
+        "float64",
+        "softcap-mask",
+    ),
+    "mask-head0": Bug("head 0's mask used for every head", "local_attention", "float64", "mask-per-head"),
+    "lengths-list-unsupported": Bug(
+        "kv_lengths given as a list raise", "chunked_attention", "float64", "kv-lengths-list"
+    ),
+    "keys-capped-1024": Bug("keys past 1024 ignored (a fixed maximum length)", "local_attention", "float64", "long-kv"),
+    "accepts-mixed-dtypes": Bug(
+        "k and v cast to q's dtype instead of rejected", "chunked_attention", "float16", "error-mixed-dtype"
+    ),
+    "tail-block-dropped": Bug("the last, partial key block skipped", "global_attention", "float64", "basic"),
+    "mutates-input": Bug("q scaled in place", "local_attention", "float64", "basic"),
+    "luong-concat-order": Bug("concat score as concat(h_s, h_t)", "luong_attention", "float64", "global-concat"),
+}
+
+
+def _work_dtype(dtype: np.dtype, bugs: frozenset[str]) -> np.dtype:
+    if dtype == np.float64:
+        return np.dtype(np.float64)
+    if dtype == np.float32:
+        return np.dtype(np.float16 if "fp32-in-fp16" in bugs else np.float32)
+    if dtype == np.float16 and "fp16-in-bf16" in bugs:
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(np.float32)
+
+
+class ToyBackend:
+    """A NumPy backend computing like a fused kernel; ``bugs`` switches on planted bugs."""
+
+    version = "0.0"
+    unavailable_reason = None
+
+    def __init__(
+        self,
+        bugs: frozenset[str] | set[str] = frozenset(),
+        name: str = "toy",
+        ops: frozenset[str] = frozenset(OPS),
+        dtypes: frozenset[str] = frozenset(DTYPE_NAMES),
+    ):
+        unknown = set(bugs) - set(BUGS)
+        if unknown:
+            raise ValueError(f"unknown bugs {sorted(unknown)}")
+        self.bugs = frozenset(bugs)
+        self.name = name
+        self.ops = ops
+        self.dtypes = dtypes
+
+    def asarray(self, array: Any) -> np.ndarray:
+        return np.array(array)  # a copy, as a device transfer would be
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    # -- multi-head ops --------------------------------------------------
+    def global_attention(self, q: Any, k: Any, v: Any, *, causal: Any = False, **options: Any) -> Any:
+        return self._multihead(q, k, v, lambda: full_pattern(causal), **options)
+
+    def local_attention(self, q: Any, k: Any, v: Any, *, window: Any, **options: Any) -> Any:
+        def pattern() -> Pattern:
+            if "accepts-bad-window" in self.bugs and isinstance(window, (tuple, list)) and len(window) == 2:
+                left, right = (None if side is not None and side < 0 else side for side in window)
+            else:
+                left, right = check_window(window)
+            if "window-off-by-one" in self.bugs and left is not None:
+                left += 1
+            if "window-right-ignored" in self.bugs:
+                right = None
+            return Pattern.window(left, right)
+
+        return self._multihead(q, k, v, pattern, **options)
+
+    def chunked_attention(self, q: Any, k: Any, v: Any, *, chunk_size: Any, causal: Any = False, **options: Any):
+        def pattern() -> Pattern:
+            p = chunk_pattern(chunk_size, causal)
+            return Pattern.chunk(p.chunk_size, p.causal and "chunk-causal-ignored" not in self.bugs)
+
+        return self._multihead(q, k, v, pattern, chunk=True, **options)
+
+    def _allows(self, pattern: Pattern, p: np.ndarray, j: np.ndarray, chunk: bool) -> np.ndarray:
+        if chunk and "chunk-off-by-one" in self.bugs:
+            same = (j // pattern.chunk_size) == ((p + 1) // pattern.chunk_size)
+            return (same & (j <= p)) if pattern.causal else same
+        return np.asarray(pattern.allows(p, j))
+
+    def _offsets(self, a: Any, chunk: bool) -> np.ndarray:
+        if "alignment-ignored" in self.bugs or (chunk and "chunk-alignment-ignored" in self.bugs):
+            return np.zeros(a.batch, dtype=np.int64)
+        if "lengths-offset-static" in self.bugs:
+            return np.full(a.batch, a.kv_len - a.q_len if a.align == "bottom_right" else 0)
+        return a.offsets()
+
+    def _multihead(
+        self,
+        q: Any,
+        k: Any,
+        v: Any,
+        make_pattern: Callable[[], Pattern],
+        *,
+        scale: Any = None,
+        softcap: Any = None,
+        bias: Any = None,
+        mask: Any = None,
+        kv_lengths: Any = None,
+        q_lengths: Any = None,
+        align: Any = "bottom_right",
+        return_lse: Any = False,
+        chunk: bool = False,
+    ) -> Any:
+        if "lengths-list-unsupported" in self.bugs and isinstance(kv_lengths, list):
+            raise AttributeError("'list' object has no attribute 'astype'")
+        unchecked = "kv-lengths-unchecked" in self.bugs
+        if "accepts-mixed-dtypes" in self.bugs:
+            k, v = (np.asarray(x).astype(q.dtype) for x in (k, v))
+        a = check_attention(
+            q,
+            k,
+            v,
+            scale=scale,
+            softcap=softcap,
+            bias=bias,
+            mask=mask,
+            kv_lengths=None if unchecked else kv_lengths,
+            q_lengths=q_lengths,
+            align=align,
+            return_lse=return_lse,
+        )
+        pattern = make_pattern()
+        kv_len = host_integers("kv_lengths", kv_lengths) if unchecked and kv_lengths is not None else a.kv_lengths
+        if "kv-lengths-ignored" in self.bugs:
+            kv_len = None
+        work = _work_dtype(q.dtype, self.bugs)
+        if "mutates-input" in self.bugs:
+            q *= q.dtype.type(a.scale)  # "saves a copy"
+        qc, kc, vc = (np.asarray(x).astype(work) for x in (q, k, v))
+        if "scale-ignored" in self.bugs or ("scale-no-sqrt" in self.bugs and scale is None):
+            s_scale = 1.0 / (a.head_dim if "scale-no-sqrt" in self.bugs else math.sqrt(a.head_dim))
+        else:
+            s_scale = a.scale
+        bias_full = None if bias is None else np.broadcast_to(np.asarray(bias), a.scores_shape).astype(work)
+        mask_full = None if mask is None else np.broadcast_to(np.asarray(mask), a.scores_shape)
+        lse_dtype = q.dtype if q.dtype.itemsize > 2 else np.dtype(np.float32)
+        out = np.zeros((a.batch, a.q_heads, a.q_len, a.value_dim), dtype=q.dtype)
+        lse = np.zeros((a.batch, a.q_heads, a.q_len), dtype=lse_dtype)
+        offsets = self._offsets(a, chunk)
+        i = np.arange(a.q_len)[:, None]
+        j = np.arange(a.kv_len)[None, :]
+        for b in range(a.batch):
+            allowed = self._allows(pattern, i + offsets[b], j, chunk)
+            if kv_len is not None:
+                allowed = allowed & (j < kv_len[b])
+            if "keys-capped-1024" in self.bugs:
+                allowed = allowed & (j < 1024)
+            if a.q_lengths is not None and "q-padding-computed" not in self.bugs:
+                allowed = allowed & (i < a.q_lengths[b])
+            for h in range(a.q_heads):
+                kvh = h % a.kv_heads if "gqa-modulo" in self.bugs else h // a.group
+                ok = allowed
+                if mask_full is not None:
+                    head_mask = mask_full[b, 0 if "mask-head0" in self.bugs else h]
+                    ok = ok & (~head_mask if "mask-inverted" in self.bugs else head_mask)
+                s = self._scores(qc[b, h], kc[b, kvh], s_scale, softcap, None if bias_full is None else bias_full[b, h])
+                if "nan-squashed" in self.bugs:
+                    ok = ok & ~np.isnan(s)
+                if "mask-before-softcap" in self.bugs and softcap is not None:
+                    s = self._scores(qc[b, h], kc[b, kvh], s_scale, None, None)
+                    s = np.where(ok, s, -np.inf)
+                    s = softcap * np.tanh(s / softcap)
+                    if bias_full is not None:
+                        s = s + bias_full[b, h]
+                    ok = allowed
+                o, l_ = self._online_softmax(s, ok, vc[b, kvh], work)
+                out[b, h] = o.astype(q.dtype)
+                lse[b, h] = l_.astype(lse_dtype)
+        if "dtype-upcast" in self.bugs and q.dtype.itemsize == 2:
+            out = out.astype(np.float32)
+        if "lse-log2" in self.bugs:
+            lse = (lse / np.log(2)).astype(lse_dtype)
+        return (out, lse) if return_lse or "lse-always" in self.bugs else out
+
+    def _scores(self, q: np.ndarray, k: np.ndarray, scale: float, softcap: Any, bias: Any) -> np.ndarray:
+        work = q.dtype
+        s = (q @ k.T) * work.type(scale)
+        if bias is not None and "softcap-after-bias" in self.bugs:
+            s = s + bias
+            bias = None
+        if softcap is not None:
+            c = work.type(softcap)
+            s = c * np.tanh(s) if "softcap-no-divide" in self.bugs else c * np.tanh(s / c)
+        if bias is not None:
+            s = s + bias
+        return s.astype(work)
+
+    def _online_softmax(self, s: np.ndarray, ok: np.ndarray, v: np.ndarray, work: np.dtype):
+        """Flash-style: one pass over key blocks, rescaling the running sums."""
+        rows = s.shape[0]
+        block = SHORT_KEY_BLOCK if s.shape[1] <= 32 else LONG_KEY_BLOCK
+        starts = list(range(0, s.shape[1], block))
+        if "tail-block-dropped" in self.bugs and s.shape[1] % block:
+            starts = starts[:-1]
+        m = np.full(rows, -np.inf, dtype=work)
+        total = np.zeros(rows, dtype=work)
+        acc = np.zeros((rows, v.shape[1]), dtype=work)
+        seen = np.zeros(rows, dtype=bool)
+        with np.errstate(all="ignore"):
+            for start in starts:
+                blk = slice(start, start + block)
+                okb = ok[:, blk]
+                sb = np.where(okb, s[:, blk], work.type(-np.inf))
+                m_new = np.maximum(m, sb.max(axis=1))
+                seen |= okb.any(axis=1)
+                if "neg-inf-scores-nan" in self.bugs:
+                    m_safe = np.where(seen, m_new, work.type(0))
+                else:
+                    m_safe = np.where(m_new == -np.inf, work.type(0), m_new)
+                if "no-max-shift" in self.bugs:
+                    m_safe = np.zeros_like(m_safe)
+                p = np.where(okb, np.exp(sb - m_safe[:, None]), work.type(0)).astype(work)
+                corr = np.exp(m - m_safe).astype(work)
+                if "no-max-shift" in self.bugs:
+                    corr = np.ones_like(corr)
+                total = (total * corr + p.sum(axis=1)).astype(work)
+                if "nan-leak" in self.bugs:
+                    contrib = p @ v[blk]
+                else:
+                    contrib = np.where(okb[:, :, None], p[:, :, None] * v[None, blk], work.type(0)).sum(axis=1)
+                acc = (acc * corr[:, None] + contrib).astype(work)
+                m = m_new
+            m_safe = np.where(m == -np.inf, work.type(0), m)
+            if "neg-inf-scores-nan" in self.bugs:
+                m_safe = np.where(seen, m, work.type(0))
+            if "no-max-shift" in self.bugs:
+                m_safe = np.zeros_like(m_safe)
+            empty = total == 0
+            if "nan-empty-rows" in self.bugs:
+                out = acc / total[:, None]
+                empty = empty & ~ok.any(axis=1)
+                out = np.where(empty[:, None], np.nan, out)
+            else:
+                out = np.where(empty[:, None], work.type(0), acc / np.where(empty, 1, total)[:, None])
+            lse = np.where(empty, -np.inf, m_safe + np.log(np.where(empty, 1, total)))
+            if "empty-lse-zero" in self.bugs:
+                lse = np.where(empty, 0.0, lse)
+            if "lse-missing-max" in self.bugs:
+                lse = lse - m_safe
+        return out, lse
+
+    # -- pooling ops -----------------------------------------------------
+    def additive_attention(
+        self,
+        x: Any,
+        w_in: Any,
+        b_in: Any,
+        w_out: Any,
+        b_out: Any = None,
+        *,
+        mask: Any = None,
+        window: Any = None,
+        center: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        a = check_additive(x, w_in, b_in, w_out, b_out, mask=mask, window=window, center=center)
+        work = _work_dtype(x.dtype, self.bugs)
+        xc = np.asarray(x).astype(work)
+        e = np.tanh(xc @ np.asarray(w_in).astype(work) + np.asarray(b_in).astype(work)) @ np.asarray(w_out).astype(work)
+        if b_out is not None:
+            e = e + work.type(float(np.asarray(b_out, dtype=np.float64).reshape(())))
+        allowed = np.ones((a.batch, a.length), dtype=bool)
+        if mask is not None and not ("additive-mask-window" in self.bugs and window is not None):
+            allowed = allowed & np.asarray(mask)
+        if a.window is not None:
+            centres = a.centers
+            if "additive-centre" in self.bugs and center is None:
+                centres = np.full(a.batch, (a.length - 1) // 2)
+            if "additive-first-centre" in self.bugs:
+                centres = np.full(a.batch, centres[0])
+            allowed = allowed & np.asarray(Pattern.window(*a.window).allows(centres[:, None], np.arange(a.length)))
+        weights = _softmax(e, allowed, work)
+        context = np.where(allowed[:, :, None], weights[:, :, None] * xc, work.type(0)).sum(axis=1)
+        return context.astype(x.dtype), weights.astype(x.dtype)
+
+    def luong_attention(
+        self,
+        h_t: Any,
+        h_s: Any,
+        *,
+        score: Any = "dot",
+        w_a: Any = None,
+        v_a: Any = None,
+        mode: Any = "global",
+        half_width: Any = None,
+        w_p: Any = None,
+        v_p: Any = None,
+        source_lengths: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        a = check_luong(
+            h_t,
+            h_s,
+            score=score,
+            w_a=w_a,
+            v_a=v_a,
+            mode=mode,
+            half_width=half_width,
+            w_p=w_p,
+            v_p=v_p,
+            source_lengths=source_lengths,
+        )
+        work = _work_dtype(h_t.dtype, self.bugs)
+        ht, hs = np.asarray(h_t).astype(work), np.asarray(h_s).astype(work)
+        scores = self._luong_scores(a.score, ht, hs, w_a, v_a, work)
+        s = np.arange(a.source_len)[None, None, :]
+        S_b = a.source_lengths[:, None, None]
+        allowed = np.broadcast_to(s < S_b, scores.shape)
+        p_t = None
+        if a.mode == "local-m":
+            t = np.arange(a.target_len)[None, :, None]
+            p_t = t + 0 * S_b if "luong-no-clamp" in self.bugs else np.minimum(t, S_b - 1)
+        elif a.mode == "local-p":
+            gate = np.tanh(ht @ np.asarray(w_p).astype(work)) @ np.asarray(v_p).astype(work)
+            length = a.source_len if "luong-full-length" in self.bugs else S_b
+            with np.errstate(over="ignore"):
+                p_t = (length / (1 + np.exp(-gate[..., None]))).astype(work)
+        if p_t is not None:
+            allowed = allowed & (np.abs(s - p_t) <= a.half_width)
+        weights = _softmax(scores, allowed, work)
+        if a.mode == "local-p":
+            sigma = a.half_width if "luong-sigma" in self.bugs else a.half_width / 2
+            weights = np.where(allowed, weights * np.exp(-((s - p_t) ** 2) / (2 * sigma**2)), 0).astype(work)
+            if "luong-renormalised" in self.bugs:
+                total = weights.sum(axis=-1, keepdims=True)
+                weights = np.where(total > 0, weights / np.where(total > 0, total, 1), 0).astype(work)
+        context = np.where(allowed[..., None], weights[..., None] * hs[:, None], work.type(0)).sum(axis=2)
+        return context.astype(h_t.dtype), weights.astype(h_t.dtype)
+
+    def _luong_scores(self, score: str, ht: np.ndarray, hs: np.ndarray, w_a: Any, v_a: Any, work: np.dtype):
+        if score == "dot":
+            return ht @ np.swapaxes(hs, 1, 2)
+        wa = np.asarray(w_a).astype(work)
+        if score == "general":
+            return ht @ (wa.T if "luong-general-transposed" in self.bugs else wa) @ np.swapaxes(hs, 1, 2)
+        d = ht.shape[-1]
+        first, second = (wa[d:], wa[:d]) if "luong-concat-order" in self.bugs else (wa[:d], wa[d:])
+        hidden = np.tanh((ht @ first)[:, :, None, :] + (hs @ second)[:, None, :, :])
+        return hidden @ np.asarray(v_a).astype(work)
+
+
+def _softmax(e: np.ndarray, allowed: np.ndarray, work: np.dtype) -> np.ndarray:
+    """Softmax over the allowed entries of the last axis; an empty row is all 0."""
+    with np.errstate(all="ignore"):
+        masked = np.where(allowed, e, -np.inf)
+        m = masked.max(axis=-1, keepdims=True)
+        m = np.where(m == -np.inf, 0, m)
+        p = np.where(allowed, np.exp(masked - m), 0)
+        total = p.sum(axis=-1, keepdims=True)
+        return np.where(total > 0, p / np.where(total > 0, total, 1), 0).astype(work)
+
+
+class _Plugin:
+    def __init__(self, backends: list[Any]):
+        self.backends = backends
+
+    @attnref.hookimpl
+    def attnref_backends(self) -> list[Any]:
+        return self.backends
+
+
+def toy_registry(*backends: Any) -> Registry:
+    """A registry of exactly ``backends`` (installed plugins never leak in)."""
+    return Registry(sources=[PluginSource("toys", "tests.conformance.planted", lambda: _Plugin(list(backends)))])
