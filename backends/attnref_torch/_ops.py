@@ -1,0 +1,189 @@
+"""The torch backend's ops (imports torch; loaded on the backend's first use).
+
+Each op validates with :mod:`attnref.validation` (the reference's checks, so
+the same errors), then checks what only tensors can get wrong (not a tensor,
+mixed devices), then picks a path:
+
+* ``global_attention``: SDPA with a dense mask (:mod:`attnref_torch._sdpa`)
+  where that is exact and the mask small;
+* then, for every pattern: compiled FlexAttention on CUDA when switched on and
+  applicable (:mod:`attnref_torch._flex`); SDPA over per-block key bands
+  (:mod:`attnref_torch._banded`) when there is no ``softcap``/``lse`` and the
+  inputs are finite; else the blocked code (:mod:`attnref_torch._blocked`),
+  which handles every case;
+* the pooling ops: :mod:`attnref_torch._pooling`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from attnref.dtypes import numpy_dtype
+from attnref.errors import invalid_type, invalid_value
+from attnref.patterns import Pattern
+from attnref.validation import check_attention, chunk_pattern, full_pattern, window_pattern
+from attnref_torch import _flex, _pooling
+from attnref_torch._banded import banded_applies, banded_attention
+from attnref_torch._blocked import blocked_attention
+from attnref_torch._numerics import Finite
+from attnref_torch._sdpa import sdpa_applies, sdpa_attention
+
+__all__ = [
+    "resolve_device",
+    "from_numpy",
+    "to_numpy",
+    "as_tensors",
+    "global_attention",
+    "local_attention",
+    "chunked_attention",
+    "attention_vjp",
+    "additive_attention",
+    "luong_attention",
+]
+
+
+# -- devices and conversion ----------------------------------------------------
+def resolve_device(device: Any) -> torch.device:
+    """``torch.device(device)``, or CUDA when available and the CPU otherwise for ``None``."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def from_numpy(array: Any, device: torch.device) -> torch.Tensor:
+    """A copy of a NumPy array (or scalar) as a tensor on ``device``, dtype kept.
+
+    bfloat16 (``ml_dtypes.bfloat16``) travels as its 16 bits (an ``int16``
+    view), so the conversion is exact.
+    """
+    array = np.asarray(array)
+    if array.dtype == numpy_dtype("bfloat16"):
+        bits = torch.from_numpy(np.ascontiguousarray(array).view(np.int16).copy())
+        return bits.view(torch.bfloat16).to(device)
+    return torch.from_numpy(np.array(array, copy=True)).to(device)
+
+
+def to_numpy(tensor: Any) -> np.ndarray:
+    """A tensor as a NumPy array on the host (bfloat16 as ``ml_dtypes.bfloat16``), dtype kept."""
+    if not isinstance(tensor, torch.Tensor):
+        return np.asarray(tensor)
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(numpy_dtype("bfloat16"))
+    return tensor.numpy()
+
+
+def as_tensors(named: dict[str, Any], *, first: str) -> dict[str, Any]:
+    """Check the array arguments: tensors, all on the device of ``named[first]``.
+
+    ``named[first]`` must be a tensor. The others may be ``None``, a tensor, or
+    a NumPy array (copied to that device); a Python scalar is passed through
+    unchanged.
+
+    Raises
+    ------
+    InvalidTypeError
+        ``named[first]`` (or another array argument) is not a tensor or NumPy array.
+    InvalidArgumentError
+        A tensor lives on another device than ``named[first]``.
+    """
+    lead = named[first]
+    if not isinstance(lead, torch.Tensor):
+        raise invalid_type(first, type(lead).__name__, "a torch.Tensor")
+    device = lead.device
+    result = {}
+    for argument, value in named.items():
+        if isinstance(value, np.ndarray):
+            value = from_numpy(value, device)
+        elif value is not None and not isinstance(value, (torch.Tensor, int, float)):
+            raise invalid_type(argument, type(value).__name__, "a torch.Tensor")
+        if isinstance(value, torch.Tensor) and value.device != device:
+            raise invalid_value(argument, f"a tensor on {value.device}", f"a tensor on {device}, the device of {first}")
+        result[argument] = value
+    return result
+
+
+# -- multi-head ops -------------------------------------------------------------
+def _attention(
+    pattern: Pattern, q: Any, k: Any, v: Any, *, flex: bool = False, **options: Any
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Validate, then run ``pattern`` on the fastest exact path."""
+    args = check_attention(q, k, v, **options)
+    t = as_tensors({"q": q, "k": k, "v": v, "bias": options["bias"], "mask": options["mask"]}, first="q")
+    q, k, v, bias, mask = t["q"], t["k"], t["v"], t["bias"], t["mask"]
+    return_lse = bool(options["return_lse"])
+    finite = Finite.of(q, k, v, bias)
+    if sdpa_applies(pattern, args, mask=mask, return_lse=return_lse, finite=finite):
+        return sdpa_attention(q, k, v, pattern, args, bias=bias, mask=mask)
+    if flex and _flex.flex_applies(q, args, bias=bias, mask=mask, finite=finite):
+        result = _flex.flex_attention(q, k, v, pattern, args, return_lse=return_lse)
+        if result is not None:
+            return result
+    if banded_applies(args, return_lse=return_lse, finite=finite):
+        return banded_attention(q, k, v, pattern, args, bias=bias, mask=mask)
+    return blocked_attention(q, k, v, pattern, args, bias=bias, mask=mask, return_lse=return_lse, finite=finite)
+
+
+def global_attention(q: Any, k: Any, v: Any, *, causal: Any = False, **options: Any) -> Any:
+    """:func:`attnref.reference.global_attention` on tensors."""
+    return _attention(full_pattern(causal), q, k, v, **options)
+
+
+def local_attention(q: Any, k: Any, v: Any, *, window: Any, flex: bool = False, **options: Any) -> Any:
+    """:func:`attnref.reference.local_attention` on tensors."""
+    return _attention(window_pattern(window), q, k, v, flex=flex, **options)
+
+
+def chunked_attention(
+    q: Any, k: Any, v: Any, *, chunk_size: Any, causal: Any = False, flex: bool = False, **options: Any
+) -> Any:
+    """:func:`attnref.reference.chunked_attention` on tensors."""
+    return _attention(chunk_pattern(chunk_size, causal), q, k, v, flex=flex, **options)
+
+
+def attention_vjp(
+    op: Callable[..., Any], q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, **kwargs: Any
+) -> tuple[torch.Tensor, ...]:
+    """``(dq, dk, dv)`` (and ``dbias`` with a bias) of ``op`` at ``(q, k, v)``, through autograd.
+
+    The gradients have the dtypes of their inputs; ``dbias`` has the bias's
+    own shape (autograd sums over the axes it broadcasts along).
+    """
+    check_attention(q, k, v, **{n: kwargs[n] for n in _COMMON if n in kwargs})
+    t = as_tensors({"q": q, "k": k, "v": v, "bias": kwargs.get("bias")}, first="q")
+    inputs = [t["q"], t["k"], t["v"]] + ([t["bias"]] if t["bias"] is not None else [])
+    leaves = [x.detach().requires_grad_(True) for x in inputs]
+    if len(leaves) == 4:
+        kwargs = {**kwargs, "bias": leaves[3]}
+    with torch.enable_grad():
+        result = op(*leaves[:3], return_lse=dlse is not None, **kwargs)
+        outputs = result if dlse is not None else (result,)
+        upstream = [_upstream("dout", dout, outputs[0])]
+        if dlse is not None:
+            upstream.append(_upstream("dlse", dlse, outputs[1]))
+        grads = torch.autograd.grad(outputs, leaves, upstream, allow_unused=True)
+    return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves, strict=True))
+
+
+_COMMON = ("scale", "softcap", "bias", "mask", "kv_lengths", "q_lengths", "align")
+
+
+def _upstream(argument: str, value: Any, output: torch.Tensor) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        value = from_numpy(value, output.device)
+    if not isinstance(value, torch.Tensor):
+        raise invalid_type(argument, type(value).__name__, "a torch.Tensor")
+    if tuple(value.shape) != tuple(output.shape):
+        raise invalid_value(
+            argument, f"shape {tuple(value.shape)}", f"shape {tuple(output.shape)}, the shape of the forward output"
+        )
+    return value.to(device=output.device, dtype=output.dtype)
+
+
+# -- attention pooling ------------------------------------------------------------
+additive_attention = _pooling.additive_attention
+luong_attention = _pooling.luong_attention
