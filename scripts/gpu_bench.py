@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from attnref_torch import TorchBackend, _flex
 
 from attnref.patterns import Pattern
+from attnref_torch import TorchBackend, _flex
 
 CASES: list[tuple[str, str, dict, Pattern, int, str]] = [
     # (name, op, options, pattern, L, dtype)

@@ -1,9 +1,12 @@
-"""Entry point of the numpy backend (placeholder: filled by its issue)."""
+"""Entry point of the built-in NumPy backend (group ``attnref.backends``)."""
+
+from __future__ import annotations
 
 import attnref
+from attnref_numpy.backend import NumpyBackend
 
 
 @attnref.hookimpl
-def attnref_backends():
-    """No backend yet."""
-    return []
+def attnref_backends() -> list[NumpyBackend]:
+    """The NumPy backend (always available: NumPy is a dependency of attnref)."""
+    return [NumpyBackend()]

@@ -21,12 +21,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from attnref_torch import TorchBackend, _banded, _blocked, _flex, _numerics, _ops, _sdpa  # noqa: E402
-
 import attnref  # noqa: E402
 from attnref import reference as R  # noqa: E402
 from attnref.dtypes import DTYPE_NAMES, numpy_dtype  # noqa: E402
 from attnref.errors import InvalidArgumentError, InvalidTypeError  # noqa: E402
+from attnref_torch import TorchBackend, _banded, _blocked, _flex, _numerics, _ops, _sdpa  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device"))]

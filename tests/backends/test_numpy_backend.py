@@ -1,0 +1,495 @@
+"""The NumPy backend against the float64 reference.
+
+Pass rule (the contract's, section 5): with ``ref64`` the float64 reference and
+``naive`` the reference run at the input dtype (``precision=``),
+``max|out - ref64| <= 2 * max|naive - ref64| + atol``, ``atol = 4 * eps(dtype) *
+scale`` (``scale``: the largest finite |value| that can reach the output, or
+``max(1, |lse|)`` for the lse). NaN and infinities must sit exactly where the
+reference has them. Most cases run with tiny blocks (a few rows and keys) so
+that every block edge, skipped block and thread hand-off is exercised on small
+arrays.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from attnref import reference
+from attnref.backend import OPS, backend_problems
+from attnref.dtypes import DTYPE_NAMES, numpy_dtype
+from attnref.patterns import Pattern
+from attnref.validation import check_attention
+from attnref_numpy import _blas, blocked
+from attnref_numpy.backend import NumpyBackend
+from attnref_numpy.plugin import attnref_backends
+
+TINY = NumpyBackend(threads=2, block=blocked.BlockConfig(score_elements=256, max_rows=6, tile=4, key_block=4))
+DEFAULT = NumpyBackend()
+TWO_THREADS = NumpyBackend(threads=2)  # memory bounds below count two workers' blocks
+MULTIHEAD = ("global_attention", "local_attention", "chunked_attention")
+
+
+# -- the comparison ---------------------------------------------------------
+def eps(dtype: str) -> float:
+    return float(ml_dtypes.finfo(numpy_dtype(dtype)).eps)
+
+
+def assert_conforms(out, ref64, naive, dtype: str, scale: float, what: str = "out") -> None:
+    """The contract's rule, plus identical NaN/inf positions."""
+    out, ref64, naive = (np.asarray(a, dtype=np.float64) for a in (out, ref64, naive))
+    assert out.shape == ref64.shape, what
+    assert np.array_equal(np.isnan(out), np.isnan(ref64)), f"{what}: NaN positions differ"
+    for test in (np.isposinf, np.isneginf):
+        assert np.array_equal(test(out), test(ref64)), f"{what}: infinite entries differ"
+    finite = np.isfinite(ref64)
+    if not finite.any():
+        return
+    with np.errstate(invalid="ignore"):
+        err = np.abs(out - ref64)[finite].max()
+        naive_err = np.abs(naive - ref64)[finite & np.isfinite(naive)]
+    allowed = 2 * (naive_err.max() if naive_err.size else 0.0) + 4 * eps(dtype) * scale
+    assert err <= allowed, f"{what}: error {err:.3g} > allowed {allowed:.3g} ({dtype})"
+
+
+def finite_max(*arrays) -> float:
+    values = [np.abs(np.asarray(a, dtype=np.float64)) for a in arrays if a is not None]
+    values = [a[np.isfinite(a)] for a in values]
+    return max([1e-300] + [float(a.max()) for a in values if a.size])
+
+
+def check_multihead(backend, op: str, dtype: str, q, k, v, **kwargs) -> None:
+    """Run ``op`` on the backend and compare output and lse with the reference."""
+    got_out, got_lse = getattr(backend, op)(q, k, v, return_lse=True, **kwargs)
+    ref_out, ref_lse = getattr(reference, op)(q, k, v, return_lse=True, **kwargs)
+    naive_out, naive_lse = getattr(reference, op)(q, k, v, return_lse=True, precision=dtype, **kwargs)
+    assert got_out.dtype == q.dtype and got_lse.dtype == q.dtype
+    assert_conforms(got_out, ref_out, naive_out, dtype, finite_max(v), "out")
+    assert_conforms(got_lse, ref_lse, naive_lse, dtype, max(1.0, finite_max(ref_lse)), "lse")
+
+
+# -- random multi-head cases ------------------------------------------------
+def random_pattern(rng, op: str, L: int) -> dict:
+    if op == "global_attention":
+        return {"causal": bool(rng.integers(2))}
+    if op == "local_attention":
+        windows = [0, 1, 3, (2, 0), (0, 2), (5, 1), (None, 0), (0, -1), (-1, 3), (L + 5, L + 5), (L, 0)]
+        return {"window": windows[rng.integers(len(windows))]}
+    return {"chunk_size": int(rng.choice([1, 2, 3, 5, 8, L + 2])), "causal": bool(rng.integers(2))}
+
+
+def broadcast_shape(rng, full: tuple[int, ...]) -> tuple[int, ...]:
+    """A random shape broadcastable to ``full`` (some axes 1, some leading axes dropped)."""
+    shape = tuple(n if rng.random() < 0.6 else 1 for n in full)
+    return shape[int(rng.integers(0, 3)) :]
+
+
+def random_case(rng, op: str, dtype: str) -> tuple:
+    B = int(rng.integers(1, 3))
+    kv_heads = int(rng.choice([1, 2]))
+    group = int(rng.choice([1, 2, 3]))
+    Lq, Lk = int(rng.integers(1, 30)), int(rng.integers(1, 30))
+    if rng.random() < 0.3:
+        Lk = Lq
+    D = int(rng.choice([4, 8]))
+    Dv = int(rng.choice([D, 3]))
+    dt = numpy_dtype(dtype)
+    logits = float(rng.choice([1.0, 1.0, 4.0, 12.0]))  # 12: large logits
+    q = (rng.standard_normal((B, kv_heads * group, Lq, D)) * logits).astype(dt)
+    k = rng.standard_normal((B, kv_heads, Lk, D)).astype(dt)
+    v = rng.standard_normal((B, kv_heads, Lk, Dv)).astype(dt)
+    full = (B, kv_heads * group, Lq, Lk)
+    kwargs = random_pattern(rng, op, max(Lq, Lk))
+    kwargs["align"] = str(rng.choice(["bottom_right", "top_left"]))
+    if rng.random() < 0.3:
+        kwargs["scale"] = float(rng.uniform(0.05, 1.0))
+    if rng.random() < 0.3:
+        kwargs["softcap"] = float(rng.uniform(1.0, 20.0))
+    if rng.random() < 0.4:
+        kwargs["bias"] = (2 * rng.standard_normal(broadcast_shape(rng, full))).astype(dt)
+    if rng.random() < 0.4:
+        mask = rng.random(broadcast_shape(rng, full)) < 0.7
+        if mask.ndim >= 2 and rng.random() < 0.5:
+            mask[..., 0, :] = False  # a fully masked row
+        kwargs["mask"] = mask
+    if rng.random() < 0.4:
+        kwargs["kv_lengths"] = rng.integers(0, Lk + 1, size=B)
+    if rng.random() < 0.3:
+        kwargs["q_lengths"] = [int(n) for n in rng.integers(0, Lq + 1, size=B)]
+    return q, k, v, kwargs
+
+
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("op", MULTIHEAD)
+def test_random_cases_match_reference(op, dtype):
+    rng = np.random.default_rng([OPS.index(op), DTYPE_NAMES.index(dtype)])
+    for seed in range(40):
+        q, k, v, kwargs = random_case(rng, op, dtype)
+        try:
+            check_multihead(TINY, op, dtype, q, k, v, **kwargs)
+        except AssertionError as exc:
+            shown = {n: (a.shape if hasattr(a, "shape") else a) for n, a in kwargs.items()}
+            raise AssertionError(f"case {seed}: q{q.shape} k{k.shape} v{v.shape} {shown}: {exc}") from None
+
+
+@pytest.mark.parametrize(
+    "op, kwargs",
+    [
+        ("global_attention", {}),
+        ("global_attention", {"causal": True}),
+        ("global_attention", {"causal": True, "align": "top_left", "kv_lengths": [300, 0, 77]}),
+        ("local_attention", {"window": (40, 7)}),
+        ("local_attention", {"window": (31, 0), "q_lengths": [250, 1, 0], "softcap": 5.0}),
+        ("chunked_attention", {"chunk_size": 64, "causal": True}),
+        ("chunked_attention", {"chunk_size": 100, "align": "top_left", "kv_lengths": [1, 200, 300]}),
+    ],
+)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
+def test_default_blocks_match_reference(op, kwargs, dtype):
+    """Sizes above the default block (128 rows), GQA, Lq < Lk, on the default backend's threads."""
+    rng = np.random.default_rng(7)
+    dt = numpy_dtype(dtype)
+    q = rng.standard_normal((3, 4, 260, 16)).astype(dt)
+    k = rng.standard_normal((3, 2, 300, 16)).astype(dt)
+    v = rng.standard_normal((3, 2, 300, 8)).astype(dt)
+    check_multihead(DEFAULT, op, dtype, q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"causal": True},
+        {"bias": np.linspace(-3, 3, 2600), "kv_lengths": [2600, 2101]},
+        {"mask": np.arange(2600) % 7 != 3, "softcap": 2.0, "align": "top_left"},
+    ],
+)
+def test_default_blocks_stream_long_key_ranges(kwargs):
+    """Key ranges longer than 2 x key_block (1024) go through the online softmax in pieces."""
+    rng = np.random.default_rng(8)
+    q = (4 * rng.standard_normal((2, 2, 150, 8))).astype(np.float32)
+    k, v = (rng.standard_normal((2, 1, 2600, 8)).astype(np.float32) for _ in range(2))
+    kwargs = {
+        n: a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for n, a in kwargs.items()
+    }
+    check_multihead(DEFAULT, "global_attention", "float32", q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("logits", [1.0, 6.0, 30.0])
+@pytest.mark.parametrize("v_scale", [1e-30, 1.0, 1e30])
+@pytest.mark.parametrize("backend", [TINY, DEFAULT], ids=["tiny", "default"])
+def test_float32_softmax_shift_is_skipped_only_when_safe(backend, v_scale, logits):
+    """float32 skips subtracting the row max while ``exp`` cannot overflow or underflow in the
+    products (decided from |v| and a bound on the scores, or from the max itself): scores from
+    small to beyond exp's range, and values near float32's extremes, must all match the reference."""
+    rng = np.random.default_rng(12)
+    q = (logits * rng.standard_normal((1, 2, 40, 16))).astype(np.float32)
+    k = rng.standard_normal((1, 2, 3000, 16)).astype(np.float32)
+    v = (v_scale * rng.standard_normal((1, 2, 3000, 4))).astype(np.float32)
+    check_multihead(backend, "global_attention", "float32", q, k, v)
+    check_multihead(backend, "local_attention", "float32", q, k, v, window=(50, 2), align="top_left")
+
+
+@pytest.mark.parametrize("backend", [TINY, NumpyBackend(threads=1)], ids=["tiny-threads", "one-thread"])
+def test_bias_and_mask_broadcast_shapes(backend):
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((2, 4, 11, 8))
+    k = rng.standard_normal((2, 2, 13, 8))
+    v = rng.standard_normal((2, 2, 13, 8))
+    for shape in [(13,), (11, 13), (1, 13), (4, 1, 1), (2, 1, 11, 13), (2, 4, 11, 13), (1, 4, 11, 1)]:
+        bias = rng.standard_normal(shape)
+        mask = rng.random(shape) < 0.6
+        check_multihead(backend, "local_attention", "float64", q, k, v, window=(4, 2), bias=bias, mask=mask)
+
+
+# -- NaN, infinities, empty rows ---------------------------------------------
+def nan_cases() -> list:
+    """Builders that plant non-finite values in (q, k, v) and return the op's keyword arguments."""
+
+    def v_nan_beyond_length(q, k, v):
+        v[:, :, 10:] = np.nan
+        v[0, 0, 12, 0] = np.inf
+        return {"kv_lengths": [10, 9]}
+
+    def v_nan_outside_window(q, k, v):
+        v[:, :, 0, :] = np.nan  # only queries that reach key 0 see it
+        v[:, :, 1, 1] = -np.inf
+        return {"window": (2, 0)}
+
+    def k_and_bias_nan_masked(q, k, v):
+        k[:, :, 3] = np.nan
+        mask = np.ones((14, 14), dtype=bool)
+        mask[:, 3] = False
+        bias = np.zeros((14, 14))
+        bias[:, 3] = np.nan
+        bias[5, :] = -np.inf  # row 5: every allowed score -inf -> out 0, lse -inf
+        return {"mask": mask, "bias": bias, "window": (None, None)}
+
+    def q_nan_row(q, k, v):
+        q[0, 1, 4] = np.nan
+        q[1, 0, 0, 0] = np.inf
+        return {"window": (3, 3), "q_lengths": [14, 6]}
+
+    def inf_value_tiny_weight(q, k, v):
+        v[0, 0, 7, 2] = np.inf  # allowed: 0 * inf would be NaN if its weight underflowed
+        bias = np.zeros((14, 14))
+        bias[:, 7] = -200.0
+        return {"bias": bias, "window": (4, 4)}
+
+    def first_keys_masked_then_very_negative_scores(q, k, v):
+        mask = np.ones((14, 14), dtype=bool)
+        mask[:, :9] = False  # the first key pieces hold nothing allowed
+        return {"mask": mask, "bias": np.full((14, 14), -150.0)}
+
+    def all_masked(q, k, v):
+        return {"mask": np.zeros((2, 1, 14, 14), dtype=bool), "window": 3}
+
+    return [
+        v_nan_beyond_length,
+        v_nan_outside_window,
+        k_and_bias_nan_masked,
+        q_nan_row,
+        inf_value_tiny_weight,
+        first_keys_masked_then_very_negative_scores,
+        all_masked,
+    ]
+
+
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("build", nan_cases(), ids=lambda f: f.__name__)
+def test_non_finite_inputs_reach_exactly_the_reference_outputs(build, dtype):
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((2, 2, 14, 4))
+    k = rng.standard_normal((2, 2, 14, 4))
+    v = rng.standard_normal((2, 2, 14, 4))
+    kwargs = {"window": (None, None), **build(q, k, v)}
+    dt = numpy_dtype(dtype)
+    kwargs = {n: (a.astype(dt) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a) for n, a in kwargs.items()}
+    check_multihead(TINY, "local_attention", dtype, q.astype(dt), k.astype(dt), v.astype(dt), **kwargs)
+
+
+def test_empty_rows_are_zero_with_lse_minus_inf():
+    rng = np.random.default_rng(5)
+    q, k, v = rng.standard_normal((1, 1, 6, 4)), rng.standard_normal((1, 1, 6, 4)), rng.standard_normal((1, 1, 6, 4))
+    out, lse = TINY.local_attention(q, k, v, window=(0, 0), kv_lengths=[3], align="top_left", return_lse=True)
+    assert np.all(out[0, 0, 3:] == 0) and np.all(lse[0, 0, 3:] == -np.inf)
+    assert np.all(np.isfinite(lse[0, 0, :3]))
+
+
+# -- errors -----------------------------------------------------------------
+def invalid_calls():
+    f = np.zeros((1, 2, 3, 4))
+    k1 = np.zeros((1, 1, 5, 4))
+    calls = [
+        ("global_attention", (f[0], f, f), {}),
+        ("global_attention", (f, np.zeros((1, 2, 3, 5)), f), {}),
+        ("global_attention", (f, np.zeros((1, 3, 3, 4)), np.zeros((1, 3, 3, 4))), {}),
+        ("global_attention", (f, f, np.zeros((1, 2, 4, 4))), {}),
+        ("global_attention", (f.astype(np.int32), f, f), {}),
+        ("global_attention", (f, f.astype(np.float32), f), {}),
+        ("global_attention", (f, f, f), {"causal": 1}),
+        ("global_attention", (f, f, f), {"scale": 0.0}),
+        ("global_attention", (f, f, f), {"softcap": -1.0}),
+        ("global_attention", (f, f, f), {"align": "center"}),
+        ("global_attention", (f, f, f), {"mask": np.ones((3, 3), dtype=np.int8)}),
+        ("global_attention", (f, f, f), {"mask": np.ones((4, 3), dtype=bool)}),
+        ("global_attention", (f, f, f), {"bias": np.ones((2, 2, 3, 3))}),
+        ("global_attention", (f, f, f), {"kv_lengths": [4]}),
+        ("global_attention", (f, f, f), {"kv_lengths": [1.5]}),
+        ("global_attention", (f, f, f), {"q_lengths": [1, 2]}),
+        ("global_attention", (f, f, f), {"return_lse": "yes"}),
+        ("local_attention", (f, k1, k1), {"window": -2}),
+        ("local_attention", (f, k1, k1), {"window": (1, 2, 3)}),
+        ("local_attention", (f, k1, k1), {"window": (1.0, 2)}),
+        ("chunked_attention", (f, k1, k1), {"chunk_size": 0}),
+        ("chunked_attention", (f, k1, k1), {"chunk_size": 2, "causal": None}),
+        ("additive_attention", (np.zeros((2, 5, 3)), np.zeros((4, 6)), np.zeros(6), np.zeros(6)), {}),
+        ("additive_attention", (np.zeros((2, 5, 3)), np.zeros((3, 6)), np.zeros(6), np.zeros(6)), {"center": 1}),
+        (
+            "additive_attention",
+            (np.zeros((2, 5, 3)), np.zeros((3, 6)), np.zeros(6), np.zeros(6), True),
+            {},
+        ),
+        (
+            "additive_attention",
+            (np.zeros((2, 5, 3)), np.zeros((3, 6)), np.zeros(6), np.zeros(6)),
+            {"window": 1, "center": [1, 5]},
+        ),
+        ("luong_attention", (np.zeros((2, 3, 4)), np.zeros((2, 5, 4))), {"score": "general"}),
+        ("luong_attention", (np.zeros((2, 3, 4)), np.zeros((2, 5, 4))), {"mode": "local-m"}),
+        ("luong_attention", (np.zeros((2, 3, 4)), np.zeros((2, 5, 4))), {"mode": "local"}),
+        ("luong_attention", (np.zeros((2, 3, 4)), np.zeros((2, 5, 4))), {"source_lengths": [1, 6]}),
+        ("luong_attention", (np.zeros((2, 3, 4)), np.zeros((3, 5, 4))), {}),
+    ]
+    return calls
+
+
+@pytest.mark.parametrize("op, args, kwargs", invalid_calls())
+def test_rejects_what_the_reference_rejects(op, args, kwargs):
+    with pytest.raises(Exception) as expected:
+        getattr(reference, op)(*args, **kwargs)
+    with pytest.raises(type(expected.value)) as got:
+        getattr(TINY, op)(*args, **kwargs)
+    assert type(got.value) is type(expected.value)
+    assert str(got.value) == str(expected.value)
+
+
+# -- pooling ops --------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_additive_attention_matches_reference(dtype):
+    rng = np.random.default_rng([1, DTYPE_NAMES.index(dtype)])
+    dt = numpy_dtype(dtype)
+    for seed in range(25):
+        B, L, Din, Dh = int(rng.integers(1, 4)), int(rng.integers(1, 20)), int(rng.integers(1, 6)), 5
+        x = rng.standard_normal((B, L, Din)).astype(dt)
+        w_in, b_in, w_out = (rng.standard_normal(s).astype(dt) for s in ((Din, Dh), (Dh,), (Dh,)))
+        kwargs = {}
+        if rng.random() < 0.5:
+            kwargs["mask"] = rng.random((B, L)) < 0.6
+        if rng.random() < 0.6:
+            kwargs["window"] = [2, (1, 3), (None, 0), 0][seed % 4]
+            if rng.random() < 0.5:
+                kwargs["center"] = rng.integers(0, L, size=B)
+        b_out = float(rng.standard_normal()) if rng.random() < 0.5 else None
+        got = TINY.additive_attention(x, w_in, b_in, w_out, b_out, **kwargs)
+        ref = reference.additive_attention(x, w_in, b_in, w_out, b_out, **kwargs)
+        naive = reference.additive_attention(x, w_in, b_in, w_out, b_out, precision=dtype, **kwargs)
+        for name, g, r, n, scale in zip(("context", "weights"), got, ref, naive, (finite_max(x), 1.0), strict=True):
+            assert g.dtype == dt, name
+            assert_conforms(g, r, n, dtype, scale, f"case {seed} {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("mode", ["global", "local-m", "local-p"])
+@pytest.mark.parametrize("score", ["dot", "general", "concat"])
+def test_luong_attention_matches_reference(score, mode, dtype):
+    rng = np.random.default_rng([2, DTYPE_NAMES.index(dtype), len(mode), len(score)])
+    dt = numpy_dtype(dtype)
+    for seed in range(6):
+        B, T, S, d = int(rng.integers(1, 4)), int(rng.integers(1, 9)), int(rng.integers(1, 12)), 4
+        kwargs = {"score": score, "mode": mode}
+        arrays = {"h_t": rng.standard_normal((B, T, d)), "h_s": rng.standard_normal((B, S, d))}
+        if score == "general":
+            arrays["w_a"] = rng.standard_normal((d, d)) / 2
+        if score == "concat":
+            arrays["w_a"], arrays["v_a"] = rng.standard_normal((2 * d, 3)), rng.standard_normal(3)
+        if mode != "global":
+            kwargs["half_width"] = int(rng.integers(1, 4))
+        if mode == "local-p":
+            arrays["w_p"], arrays["v_p"] = rng.standard_normal((d, 3)), rng.standard_normal(3)
+        if rng.random() < 0.5:
+            kwargs["source_lengths"] = rng.integers(0, S + 1, size=B)
+        arrays = {n: a.astype(dt) for n, a in arrays.items()}
+        got = TINY.luong_attention(**arrays, **kwargs)
+        ref = reference.luong_attention(**arrays, **kwargs)
+        naive = reference.luong_attention(**arrays, precision=dtype, **kwargs)
+        for name, g, r, n, scale in zip(
+            ("context", "weights"), got, ref, naive, (finite_max(arrays["h_s"]), 1.0), strict=True
+        ):
+            assert g.dtype == dt, name
+            assert_conforms(g, r, n, dtype, scale, f"case {seed} {name}")
+
+
+def test_pooling_non_finite_values_do_not_leak():
+    x = np.arange(24, dtype=np.float64).reshape(2, 4, 3) / 10
+    x[0, 3, 1] = np.nan  # masked out below
+    x[1, 0, 0] = np.inf  # allowed: reaches the context
+    w_in, b_in, w_out = np.ones((3, 2)) / 4, np.zeros(2), np.ones(2)
+    mask = np.array([[True, True, True, False], [True, True, False, False]])
+    got = TINY.additive_attention(x, w_in, b_in, w_out, mask=mask)
+    ref = reference.additive_attention(x, w_in, b_in, w_out, mask=mask)
+    for g, r in zip(got, ref, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-15)
+    assert np.isfinite(got[0][0]).all() and np.isinf(got[0][1, 0])
+
+
+# -- block planning, memory, plumbing ------------------------------------------
+def planned_work(op_pattern: Pattern, L: int, **args) -> int:
+    q = np.zeros((1, 2, L, 8), dtype=np.float32)
+    parsed = check_attention(q, q, q, **args)
+    return sum(t.cost for t in blocked.plan(parsed, op_pattern, blocked.BlockConfig()))
+
+
+def test_plan_skips_masked_blocks():
+    L = 2048
+    full = planned_work(Pattern.full(), L)
+    assert full == 2 * L * L
+    assert planned_work(Pattern.full(causal=True), L) < 0.55 * full
+    band = planned_work(Pattern.window(100, 20), L)
+    assert band <= 2 * L * (100 + 20 + 128)  # O(Lq x window): rows x (window + block rows)
+    assert planned_work(Pattern.chunk(256), L) <= 2 * L * 256 + 2 * L * 128
+    assert planned_work(Pattern.window(100, 20), L, kv_lengths=[0]) == 0
+
+
+def test_local_attention_never_allocates_a_dense_score_or_mask_array():
+    L = 8192
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 1, L, 8)).astype(np.float32) for _ in range(3))
+    mask_bytes = L * L  # one bool Lq x Lk array
+    for op, kwargs in [("local_attention", {"window": (16, 16)}), ("chunked_attention", {"chunk_size": 64})]:
+        tracemalloc.start()
+        out = getattr(TWO_THREADS, op)(q, k, v, **kwargs)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert out.dtype == np.float32
+        assert peak < mask_bytes / 16, f"{op}: peak {peak} bytes"
+
+
+def test_global_attention_memory_is_bounded_by_blocks():
+    L = 4096
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 2, L, 8)).astype(np.float32) for _ in range(3))
+    tracemalloc.start()
+    TWO_THREADS.global_attention(q, k, v, causal=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    scores_bytes = 2 * L * L * 4  # the float32 scores of both heads
+    assert peak < scores_bytes / 8, f"peak {peak} bytes"
+
+
+def test_plugin_registers_a_valid_numpy_backend():
+    (backend,) = attnref_backends()
+    assert backend_problems(backend) == []
+    assert backend.name == "numpy" and backend.unavailable_reason is None
+    assert backend.ops == frozenset(OPS) and backend.dtypes == frozenset(DTYPE_NAMES)
+    assert "numpy" in backend.version
+    a = np.ones((2, 3), dtype=ml_dtypes.bfloat16)
+    assert backend.to_numpy(backend.asarray(a)).dtype == a.dtype
+
+
+def test_threaded_calls_restore_the_blas_thread_count():
+    controls = _blas._thread_controls()
+    if controls is None:
+        pytest.skip("NumPy's BLAS is not OpenBLAS: the backend runs on one thread")
+    _, get_threads = controls
+    before = get_threads()
+    q = np.ones((1, 2, 1024, 8), dtype=np.float32)  # large enough to run on the workers
+    with _blas.single_threaded_blas():
+        assert get_threads() == 1
+        TWO_THREADS.global_attention(q, q, q)  # nested: must not restore early
+        assert get_threads() == 1
+    assert get_threads() == before
+
+
+def test_results_do_not_depend_on_threads_or_blocks():
+    rng = np.random.default_rng(9)
+    q, k, v = (rng.standard_normal((2, 4, 70, 8)).astype(np.float32) for _ in range(3))
+    one = NumpyBackend(threads=1).local_attention(q, k, v, window=(9, 3))
+    many = NumpyBackend(threads=3, block=blocked.BlockConfig(score_elements=300, max_rows=7, tile=5)).local_attention(
+        q, k, v, window=(9, 3)
+    )
+    np.testing.assert_allclose(one, many, rtol=2e-6, atol=2e-7)
+
+
+def test_strided_and_broadcast_inputs():
+    """(B, L, H, D) tensors viewed as (B, H, L, D), and a broadcast view as k/v: same results as contiguous copies."""
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((2, 40, 4, 8)).astype(np.float32).transpose(0, 2, 1, 3)
+    k = rng.standard_normal((2, 50, 2, 8)).astype(np.float32).transpose(0, 2, 1, 3)
+    v = np.broadcast_to(rng.standard_normal((1, 2, 50, 8)).astype(np.float32), (2, 2, 50, 8))
+    check_multihead(TINY, "local_attention", "float32", q, k, v, window=(6, 2))
+    got = DEFAULT.global_attention(q, k, v, causal=True)
+    same = DEFAULT.global_attention(*(np.ascontiguousarray(a) for a in (q, k, v)), causal=True)
+    np.testing.assert_array_equal(got, same)
