@@ -1,0 +1,32 @@
+"""Local (sliding-window) attention: symmetric window (256, 256) and causal window (255, 0).
+
+fp32, B=1, H=8, D=64. Useful work per run: ``4 * B * H * D * n`` flops, ``n``
+the number of allowed (query, key) pairs (about ``513 * L`` and ``256 * L``).
+"""
+
+from .common import BASELINES, REFERENCE, _MemorySuite, _TimeSuite, grid, registered_backends
+
+IMPLS = [*registered_backends(), REFERENCE, *BASELINES]
+# The default grid holds the headline size (16384) and a size the reference runs at.
+SIZES = grid(smoke=[1536], default=[1024, 16384], full=[1024, 4096, 16384, 32768])
+PATTERNS = ["window(256, 256)", "window(255, 0)"]
+
+
+class LocalAttention(_TimeSuite):
+    """Time of ``local_attention(q, k, v, window=...)``."""
+
+    params = (IMPLS, SIZES, PATTERNS)
+    param_names = ("impl", "L", "pattern")
+
+    def time_local_attention(self, impl: str, size: int, case: str) -> None:
+        self.prepared.run()
+
+
+class LocalAttentionMemory(_MemorySuite):
+    """Peak memory of ``local_attention`` (see ``common._MemorySuite``)."""
+
+    params = (IMPLS, SIZES, PATTERNS)
+    param_names = ("impl", "L", "pattern")
+
+    def peakmem_local_attention(self, impl: str, size: int, case: str) -> None:
+        self.prepared.run()
