@@ -367,9 +367,14 @@ def default_registry() -> Registry:
         return _default
 
 
-def list_backends() -> list[str]:
-    """Names of the installed backends that can run here."""
-    return default_registry().names()
+def list_backends(available: bool = False) -> list[str]:
+    """Names of the installed backends that loaded, sorted.
+
+    A backend that loaded but cannot run here (its library or device is
+    missing) is included; ``available=True`` keeps only those that can run.
+    :func:`backend_statuses` says why one cannot.
+    """
+    return default_registry().names(include_unavailable=not available)
 
 
 def get_backend(name: str) -> Any:

@@ -224,7 +224,8 @@ def test_module_functions_use_the_default_registry(monkeypatch):
     reg = registry(good_source("mine"), good_source("off", reason="nope"))
     monkeypatch.setattr(registry_module, "_default", reg)
     assert registry_module.default_registry() is reg
-    assert attnref.list_backends() == ["mine"]
+    assert attnref.list_backends() == ["mine", "off"]  # every backend that loaded, as the contract says
+    assert attnref.list_backends(available=True) == ["mine"]
     assert attnref.get_backend("mine") is reg.get("mine")
     assert attnref.backend_statuses() == reg.statuses()
     with pytest.raises(BackendUnavailableError):
