@@ -6,6 +6,7 @@ else (scores, softcap, bias, the allowed-key rule, softmax, GQA) is here once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,30 @@ def allowed_keys(args: AttentionArgs, pattern: Pattern, mask: np.ndarray | None,
     return ok
 
 
+def query_blocks(args: AttentionArgs) -> Iterator[slice]:
+    """Slices of query rows whose scores against all keys hold at most
+    :data:`SCORE_BLOCK_ELEMENTS` elements (at least one row each)."""
+    step = max(1, SCORE_BLOCK_ELEMENTS // (args.batch * args.q_heads * args.kv_len))
+    for start in range(0, args.q_len, step):
+        yield slice(start, min(start + step, args.q_len))
+
+
+def block_scores(
+    args: AttentionArgs, qc: np.ndarray, kc: np.ndarray, bias: np.ndarray | None, rows: slice, dt: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the query ``rows`` against every key, in ``dt``.
+
+    Returns ``(s0, s)``: ``s0 = scale * (q_i . k_j)``, and ``s`` after softcap
+    and bias (steps 1 to 3 of the op). ``kc`` holds the kv heads already
+    repeated to the query heads.
+    """
+    s0 = (matmul(qc[:, :, rows], np.swapaxes(kc, -1, -2), dt) * dt.type(args.scale)).astype(dt, copy=False)
+    s = s0 if args.softcap is None else apply_softcap(s0, args.softcap, dt)
+    if bias is not None:
+        s = (s + cast(np.broadcast_to(bias, args.scores_shape)[:, :, rows], dt)).astype(dt, copy=False)
+    return s0, s
+
+
 def attend(
     q: Any,
     k: Any,
@@ -69,19 +94,12 @@ def attend(
     qc = cast(q, dt)
     kc = np.repeat(cast(k, dt), args.group, axis=1)  # query head h reads kv head h // group
     vc = np.repeat(cast(v, dt), args.group, axis=1)
-    scale_dt = dt.type(args.scale)
 
     out = np.zeros((args.batch, args.q_heads, args.q_len, args.value_dim), dtype=dt)
     lse = np.zeros((args.batch, args.q_heads, args.q_len), dtype=dt)
     weights = np.zeros(args.scores_shape, dtype=dt) if want_weights else None
-    step = max(1, SCORE_BLOCK_ELEMENTS // (args.batch * args.q_heads * args.kv_len))
-    for start in range(0, args.q_len, step):
-        rows = slice(start, min(start + step, args.q_len))
-        s = (matmul(qc[:, :, rows], np.swapaxes(kc, -1, -2), dt) * scale_dt).astype(dt, copy=False)
-        if args.softcap is not None:
-            s = apply_softcap(s, args.softcap, dt)
-        if bias is not None:
-            s = (s + cast(np.broadcast_to(bias, args.scores_shape)[:, :, rows], dt)).astype(dt, copy=False)
+    for rows in query_blocks(args):
+        _, s = block_scores(args, qc, kc, bias, rows, dt)
         allowed = allowed_keys(args, pattern, mask, rows)
         P, lse[:, :, rows] = masked_softmax(s, allowed)
         out[:, :, rows] = weighted_sum(P, allowed, vc, dt)

@@ -22,7 +22,7 @@ import numpy as np
 
 from attnref.errors import invalid_value
 from attnref.patterns import Pattern
-from attnref.reference._multihead import SCORE_BLOCK_ELEMENTS, allowed_keys
+from attnref.reference._multihead import allowed_keys, block_scores, query_blocks
 from attnref.reference._numerics import masked_softmax, weighted_sum
 from attnref.validation import check_attention, chunk_pattern, full_pattern, window_pattern
 
@@ -99,21 +99,17 @@ def _attention_vjp(
     g = args.group
     dout = _upstream("dout", dout, (B, Hq, Lq, args.value_dim))
     dlse = np.zeros((B, Hq, Lq)) if dlse is None else _upstream("dlse", dlse, (B, Hq, Lq))
-    qc = q.astype(np.float64)
+    f64 = np.dtype(np.float64)
+    qc = q.astype(f64)
     kc = np.repeat(k.astype(np.float64), g, axis=1)
     vc = np.repeat(v.astype(np.float64), g, axis=1)
     dq, dk, dv = np.zeros_like(qc), np.zeros_like(kc), np.zeros_like(vc)
     bias4 = None if bias is None else np.zeros((1,) * (4 - bias.ndim) + bias.shape)
-    step = max(1, SCORE_BLOCK_ELEMENTS // (B * Hq * Lk))
-    for start in range(0, Lq, step):
-        rows = slice(start, min(start + step, Lq))
-        s0 = args.scale * (qc[:, :, rows] @ np.swapaxes(kc, -1, -2))
-        s = s0 if args.softcap is None else args.softcap * np.tanh(s0 / args.softcap)
-        if bias is not None:
-            s = s + np.broadcast_to(bias, args.scores_shape)[:, :, rows]
+    for rows in query_blocks(args):
+        s0, s = block_scores(args, qc, kc, bias, rows, f64)
         allowed = allowed_keys(args, pattern, mask, rows)
         P, _ = masked_softmax(s, allowed)
-        out = weighted_sum(P, allowed, vc, np.dtype(np.float64))
+        out = weighted_sum(P, allowed, vc, f64)
         d_out = dout[:, :, rows]
         dv += np.swapaxes(P, -1, -2) @ d_out
         row_dot = np.sum(d_out * out, axis=-1, keepdims=True)
