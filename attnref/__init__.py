@@ -13,6 +13,7 @@ from attnref.errors import (
     BackendUnavailableError,
     InvalidArgumentError,
     InvalidTypeError,
+    UnsupportedError,
 )
 from attnref.hookspecs import hookimpl
 from attnref.registry import backend_statuses, get_backend, list_backends
@@ -28,6 +29,7 @@ __all__ = [
     "BackendError",
     "BackendNotFoundError",
     "BackendUnavailableError",
+    "UnsupportedError",
     "hookimpl",
     "list_backends",
     "get_backend",

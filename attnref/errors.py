@@ -15,6 +15,7 @@ __all__ = [
     "BackendError",
     "BackendNotFoundError",
     "BackendUnavailableError",
+    "UnsupportedError",
 ]
 
 
@@ -43,6 +44,30 @@ class BackendNotFoundError(BackendError, KeyError):
 
 class BackendUnavailableError(BackendError, RuntimeError):
     """The backend is registered but its runtime is missing (no library, no GPU)."""
+
+
+class UnsupportedError(AttnrefError, NotImplementedError):
+    """A backend does not implement a feature of an op it lists (e.g. ``bias``).
+
+    Raised by a backend's op method for a valid input it cannot compute, such
+    as a FlashAttention wrapper asked for a ``bias``. The conformance suite
+    reports the case as ``unsupported`` for :attr:`feature`, not as a failure
+    (``--strict`` fails it). Built-in backends never raise it for what their
+    library can do.
+
+    Parameters
+    ----------
+    feature : str
+        The feature's name, usually the keyword argument (``"bias"``,
+        ``"softcap"``, ``"sinks"``) or a short phrase (``"float64"``).
+    detail : str, optional
+        Why, in a few words.
+    """
+
+    def __init__(self, feature: str, detail: str | None = None) -> None:
+        self.feature = feature
+        self.detail = detail
+        super().__init__(f"unsupported feature {feature!r}" + (f": {detail}" if detail else ""))
 
 
 def invalid_value(argument: str, given: object, expected: str) -> InvalidArgumentError:
