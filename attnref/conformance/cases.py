@@ -26,7 +26,7 @@ backend must raise the same error class. Seeded random cases come from
 
 from __future__ import annotations
 
-import zlib
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from attnref.backend import OPS
+from attnref.conformance.randomness import case_rng
 
 __all__ = [
     "MULTIHEAD_OPS",
@@ -97,6 +98,11 @@ class Case:
     other_dtype : tuple of str
         Inputs rounded to another dtype than the one under test (float32, or
         float64 when float32 is under test): the mixed-dtype error cases.
+    layouts : dict of str to str
+        Inputs handed over in a memory layout of :mod:`attnref.conformance.layouts`.
+    names : tuple of str
+        For an error case, arguments an error message may name besides the one
+        the reference names (both ``k`` and ``v`` are wrong in ``mixed-dtype``).
     """
 
     op: str
@@ -106,6 +112,8 @@ class Case:
     expect_error: bool = False
     note: str = ""
     other_dtype: tuple[str, ...] = ()
+    layouts: dict[str, str] = field(default_factory=dict)
+    names: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -118,6 +126,26 @@ class Case:
         if self.op in POOLING_OPS:
             return ("context", "weights")
         return ("out", "lse") if self.options.get("return_lse") is True else ("out",)
+
+    def exact(self, name: str) -> bool:
+        """Whether the output ``name`` must have exactly its expected dtype (else: it or a more precise one)."""
+        return name in ("out", "context", "dq", "dk", "dv", "dbias", "dsinks")
+
+    def output_dtype(self, name: str, dtype: str) -> str:
+        """The dtype the output ``name`` has when ``dtype`` is under test (a gradient has its input's)."""
+        source = {"dbias": "bias", "dsinks": "sinks"}.get(name)
+        if source in self.other_dtype:
+            return "float64" if dtype == "float32" else "float32"
+        return dtype
+
+    def parameters(self) -> dict[str, Any]:
+        """Everything that defines the case, as JSON values: input shapes, options, layouts."""
+        return {
+            "inputs": {name: list(np.shape(a)) for name, a in self.inputs.items()},
+            "options": {name: _json_value(value) for name, value in self.options.items()},
+            **({"layouts": dict(self.layouts)} if self.layouts else {}),
+            **({"other_dtype": list(self.other_dtype)} if self.other_dtype else {}),
+        }
 
     @property
     def terms(self) -> dict[str, str]:
@@ -142,9 +170,21 @@ class Case:
         return positional, values
 
 
-def case_rng(key: str) -> np.random.Generator:
-    """The random generator of the case called ``key`` (seeded from the key itself)."""
-    return np.random.default_rng(zlib.crc32(key.encode()))
+def _json_value(value: Any) -> Any:
+    """An option as a JSON value: small arrays as lists, large ones by shape and dtype."""
+    if isinstance(value, Host):
+        return {"numpy": _json_value(value.value)}
+    if isinstance(value, np.ndarray):
+        if value.size <= 64:
+            return value.tolist()
+        return {"shape": list(value.shape), "dtype": str(value.dtype)}
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 # -- multi-head ops ----------------------------------------------------------
@@ -670,18 +710,26 @@ def error_cases(op: str) -> list[Case]:
 
 
 # -- the whole catalogue -----------------------------------------------------
-def catalogue(ops: Iterable[str] | None = None, examples: int = DEFAULT_EXAMPLES, seed: int = 0) -> list[Case]:
-    """Every case of the selected ops: named, error and ``examples`` random ones per op.
+def catalogue(
+    ops: Iterable[str] | None = None, examples: int = DEFAULT_EXAMPLES, seed: int = 0, *, long: bool = False
+) -> list[Case]:
+    """Every case of the selected ops: named, error and ``examples`` random ones per op, and with
+    ``long`` the long-context tier (:mod:`attnref.conformance.long`).
 
-    The order and the ids depend only on ``ops``, ``examples`` and ``seed``.
+    The order and the ids depend only on ``ops``, ``examples``, ``seed`` and ``long``.
     """
     selected = [op for op in OPS if ops is None or op in set(ops)]
     cases: list[Case] = []
     for op in selected:
         cases += named_cases(op) + error_cases(op)
     if examples > 0:
-        from attnref.conformance.strategies import random_cases  # imports hypothesis: only when needed
+        from attnref.conformance.strategies import random_cases
 
         for op in selected:
             cases += random_cases(op, examples, seed)
+    if long:
+        from attnref.conformance.long import long_cases
+
+        for op in selected:
+            cases += long_cases(op)
     return cases

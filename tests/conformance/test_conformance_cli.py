@@ -44,7 +44,7 @@ def test_a_buggy_backend_exits_1_and_shows_its_worst_cases(capsys: pytest.Captur
     code = _run([*QUICK, "--worst", "3"], ToyBackend(), ToyBackend({"mask-inverted"}, name="buggy"))
     assert code == 1
     out = capsys.readouterr().out
-    assert "worst failing cases (3 of" in out
+    assert "worst failing cases in float32 (3 of" in out
     assert "global_attention/mask" in out and "FAIL" in out
 
 
@@ -56,7 +56,8 @@ def test_unavailable_backends_are_reported_not_failed(tmp_path: Path, capsys: py
     assert data["backends"]["gpu"] == {
         "available": False,
         "reason": "no GPU here",
-        "summary": {"pass": 0, "fail": 0, "error": 0, "unsupported": 0},
+        "summary": {"pass": 0, "fail": 0, "error": 0, "unsupported": 0, "xfailed": 0},
+        "unsupported_features": {},
         "cases": [],
     }
     toy = data["backends"]["toy"]
@@ -95,7 +96,7 @@ def test_the_attnref_command_reaches_it(monkeypatch: pytest.MonkeyPatch, capsys:
     monkeypatch.setattr(registry_module, "_default", toy_registry(ToyBackend({"lse-log2"}, name="buggy")))
     assert attnref_cli.main(["conform", "--op", "chunked_attention", "--dtype", "float64", "--examples", "0"]) == 1
     out = capsys.readouterr().out
-    assert "worst failing cases (10 of" in out and "lse: max error" in out
+    assert "worst failing cases in float64 (10 of" in out and "lse: max error" in out
 
 
 def test_bad_arguments_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
