@@ -403,3 +403,21 @@ def check_luong(
 def _need(argument: str, value: Any, because: str) -> None:
     if value is None:
         raise invalid_value(argument, "None", f"an array: it is required for {because}")
+
+
+# -- upstream gradients of the VJPs -----------------------------------------
+def check_upstream_gradient(argument: str, array: Any, shape: tuple[int, ...]) -> None:
+    """Check ``dout`` or ``dlse`` of a VJP: an array of a floating dtype (any of
+    the four, independent of ``q``'s) and exactly ``shape``, the shape of the
+    forward result it is the gradient of.
+
+    Raises
+    ------
+    InvalidTypeError
+        Not an array, or not a floating dtype (complex, integer, string).
+    InvalidArgumentError
+        Another shape.
+    """
+    given = _float_array(argument, array)
+    if given != shape:
+        raise invalid_value(argument, f"shape {given}", f"shape {shape}, the shape of the forward op's result")
