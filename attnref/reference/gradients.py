@@ -317,30 +317,22 @@ def _sequences(args: AttentionArgs, x: _Inputs, grads: _Gradients) -> Iterator[_
         if args.packed:
             rq = slice(int(args.cu_seqlens_q[b]), int(args.cu_seqlens_q[b + 1]))
             rk = slice(int(args.cu_seqlens_k[b]), int(args.cu_seqlens_k[b + 1]))
-
-            def q_side(a: np.ndarray, rq: slice = rq) -> np.ndarray:
-                return np.swapaxes(a[rq], 0, 1)  # (L, H, ...) -> (H, L, ...)
-
-            def k_side(a: np.ndarray, rk: slice = rk) -> np.ndarray:
-                return np.swapaxes(a[rk], 0, 1)
-
-            bias = mask = None
         else:
             rq, rk = slice(0, int(q_lens[b])), slice(0, int(kv_lens[b]))
-
-            def q_side(a: np.ndarray, b: int = b, rq: slice = rq) -> np.ndarray:
-                return a[b, :, rq]
-
-            def k_side(a: np.ndarray, b: int = b, rk: slice = rk) -> np.ndarray:
-                return a[b, :, rk]
-
-            bias = None if x.bias is None else x.bias[b, :, rq, rk]
-            mask = None if x.mask is None else x.mask[b, :, rq, rk]
         yield _Sequence(
             batch=b, q_len=int(q_lens[b]), kv_len=int(kv_lens[b]), offset=int(offsets[b]),
-            q=q_side(x.q), k=k_side(x.k), v=k_side(x.v), dout=q_side(x.dout), dlse=q_side(x.dlse),
-            bias=bias, mask=mask, dq=q_side(grads.dq), dk=k_side(grads.dk), dv=k_side(grads.dv),
+            q=_cut(args, x.q, b, rq), k=_cut(args, x.k, b, rk), v=_cut(args, x.v, b, rk),
+            dout=_cut(args, x.dout, b, rq), dlse=_cut(args, x.dlse, b, rq),
+            bias=None if x.bias is None else x.bias[b, :, rq, rk],
+            mask=None if x.mask is None else x.mask[b, :, rq, rk],
+            dq=_cut(args, grads.dq, b, rq), dk=_cut(args, grads.dk, b, rk), dv=_cut(args, grads.dv, b, rk),
         )  # fmt: skip
+
+
+def _cut(args: AttentionArgs, a: np.ndarray, b: int, positions: slice) -> np.ndarray:
+    """A head-major view ``(H, L, ...)`` of sequence ``b``'s ``positions``: of
+    batch ``b`` of a dense ``(B, H, L, ...)`` array, or of a packed ``(T, H, ...)`` one."""
+    return np.swapaxes(a[positions], 0, 1) if args.packed else a[b, :, positions]
 
 
 def _block_rows(pattern: Pattern, heads: int, seq: _Sequence) -> int:
