@@ -34,6 +34,10 @@ from attnref.validation import (
     host_integers,
 )
 
+# Known gap (reported to the reference's owners): the reference's precision="bfloat16" run sums the softmax
+# denominator sequentially in bfloat16 (ml_dtypes has no pairwise sum), so on a long flat row its own error is
+# about 15 and the bfloat16 bound is too loose to see "fp16-denominator"; float16 sums pairwise and catches it.
+
 #: Keys per block of the online softmax: small blocks for short rows (so partial and
 #: single-key blocks happen), kernel-sized ones for long rows.
 SHORT_KEY_BLOCK, LONG_KEY_BLOCK = 4, 128
@@ -41,12 +45,18 @@ SHORT_KEY_BLOCK, LONG_KEY_BLOCK = 4, 128
 
 @dataclass(frozen=True)
 class Bug:
-    """A planted bug: what it is, and a case that must catch it."""
+    """A planted bug: what it is, a case that must catch it, and the dtypes that case catches it in.
+
+    ``caught_in`` is asserted exactly by the detection-matrix test: a bug of the
+    logic is caught in every dtype; a precision bug only where it changes the
+    arithmetic (``fp32-in-fp16`` only in float32).
+    """
 
     description: str
     op: str
     dtype: str
     catches: str  # the case id (within ``op``) that must fail or error
+    caught_in: tuple[str, ...] = DTYPE_NAMES
 
 
 BUGS: dict[str, Bug] = {
@@ -65,8 +75,8 @@ BUGS: dict[str, Bug] = {
     "neg-inf-scores-nan": Bug(
         "rows whose allowed scores are all -inf give NaN", "local_attention", "float64", "bias-neg-inf"
     ),
-    "fp32-in-fp16": Bug("float32 inputs computed in float16", "global_attention", "float32", "basic"),
-    "fp16-in-bf16": Bug("float16 inputs computed in bfloat16", "global_attention", "float16", "basic"),
+    "fp32-in-fp16": Bug("float32 inputs computed in float16", "global_attention", "float32", "basic", ("float32",)),
+    "fp16-in-bf16": Bug("float16 inputs computed in bfloat16", "global_attention", "float16", "basic", ("float16",)),
     "gqa-modulo": Bug("kv head h % Hkv instead of h // group", "global_attention", "float64", "gqa"),
     "softcap-after-bias": Bug("softcap applied after the bias", "local_attention", "float64", "softcap-bias"),
     "softcap-no-divide": Bug(
@@ -90,7 +100,9 @@ BUGS: dict[str, Bug] = {
     "kv-lengths-unchecked": Bug(
         "kv_lengths not range-checked", "global_attention", "float64", "error-kv-lengths-too-long"
     ),
-    "dtype-upcast": Bug("16-bit inputs return a float32 out", "local_attention", "float16", "basic"),
+    "dtype-upcast": Bug(
+        "16-bit inputs return a float32 out", "local_attention", "float16", "basic", ("float16", "bfloat16")
+    ),
     "lse-always": Bug("returns (out, lse) even when return_lse=False", "global_attention", "float64", "out-only"),
     "additive-centre": Bug(
         "default centre (L - 1) // 2 instead of L // 2", "additive_attention", "float64", "window-even-length"
@@ -126,6 +138,44 @@ BUGS: dict[str, Bug] = {
     "tail-block-dropped": Bug("the last, partial key block skipped", "global_attention", "float64", "basic"),
     "mutates-input": Bug("q scaled in place", "local_attention", "float64", "basic"),
     "luong-concat-order": Bug("concat score as concat(h_s, h_t)", "luong_attention", "float64", "global-concat"),
+    # the classic bugs of issue 10 item 9
+    "scale-after-softcap": Bug(
+        "scale applied after the softcap: scale * softcap * tanh(q.k / softcap)",
+        "global_attention",
+        "float64",
+        "softcap",
+    ),
+    "bias-head0": Bug("head 0's bias broadcast to every head", "local_attention", "float64", "bias-broadcast-heads"),
+    "fp16-denominator": Bug(
+        "softmax denominator summed key by key in the 16-bit input dtype",
+        "global_attention",
+        "float16",
+        "long-flat",
+        ("float16",),  # known gap: see below
+    ),
+    "d-dv-confusion": Bug("default scale 1/sqrt(Dv) instead of 1/sqrt(D)", "chunked_attention", "float64", "dv-ne-d"),
+    # non-finite values hidden by a rule (issue 10 item 10)
+    "mask-added-not-selected": Bug(
+        "masking adds -inf to the scores instead of selecting (NaN + -inf = NaN leaks from a hidden key)",
+        "local_attention",
+        "float64",
+        "hidden-nan-k-inf-v-pattern",
+    ),
+    # memory layouts (issue 10 item 5)
+    "strides-ignored": Bug(
+        "reads memory in storage order as if C-contiguous (ignores strides)",
+        "global_attention",
+        "float64",
+        "layout-transposed",
+    ),
+    "unit-stride-assumed": Bug("assumes an innermost stride of 1", "local_attention", "float64", "layout-sliced"),
+    # errors (issue 10 item 2)
+    "error-unnamed": Bug(
+        "never validates: NumPy's 'operands could not be broadcast' for every invalid input",
+        "chunked_attention",
+        "float64",
+        "error-head-dim-mismatch",
+    ),
 }
 
 
@@ -151,6 +201,7 @@ class ToyBackend:
         name: str = "toy",
         ops: frozenset[str] = frozenset(OPS),
         dtypes: frozenset[str] = frozenset(DTYPE_NAMES),
+        lacks: frozenset[str] = frozenset(),
     ):
         unknown = set(bugs) - set(BUGS)
         if unknown:
@@ -159,6 +210,7 @@ class ToyBackend:
         self.name = name
         self.ops = ops
         self.dtypes = dtypes
+        self.lacks = frozenset(lacks)  # keywords it declines with UnsupportedError, as a FlashAttention wrapper
 
     def asarray(self, array: Any) -> np.ndarray:
         return np.array(array)  # a copy, as a device transfer would be
@@ -221,24 +273,34 @@ class ToyBackend:
         return_lse: Any = False,
         chunk: bool = False,
     ) -> Any:
+        given = {"bias": bias, "softcap": softcap, "mask": mask, "kv_lengths": kv_lengths, "q_lengths": q_lengths}
+        for feature in sorted(self.lacks):
+            if given.get(feature) is not None:
+                raise attnref.UnsupportedError(feature, "this toy kernel has no such input")
+        q, k, v = (self._layout_bugs(x) for x in (q, k, v))
         if "lengths-list-unsupported" in self.bugs and isinstance(kv_lengths, list):
             raise AttributeError("'list' object has no attribute 'astype'")
         unchecked = "kv-lengths-unchecked" in self.bugs
         if "accepts-mixed-dtypes" in self.bugs:
             k, v = (np.asarray(x).astype(q.dtype) for x in (k, v))
-        a = check_attention(
-            q,
-            k,
-            v,
-            scale=scale,
-            softcap=softcap,
-            bias=bias,
-            mask=mask,
-            kv_lengths=None if unchecked else kv_lengths,
-            q_lengths=q_lengths,
-            align=align,
-            return_lse=return_lse,
-        )
+        try:
+            a = check_attention(
+                q,
+                k,
+                v,
+                scale=scale,
+                softcap=softcap,
+                bias=bias,
+                mask=mask,
+                kv_lengths=None if unchecked else kv_lengths,
+                q_lengths=q_lengths,
+                align=align,
+                return_lse=return_lse,
+            )
+        except ValueError as exc:
+            if "error-unnamed" in self.bugs:
+                raise ValueError("operands could not be broadcast together") from exc
+            raise
         pattern = make_pattern()
         kv_len = host_integers("kv_lengths", kv_lengths) if unchecked and kv_lengths is not None else a.kv_lengths
         if "kv-lengths-ignored" in self.bugs:
@@ -247,7 +309,9 @@ class ToyBackend:
         if "mutates-input" in self.bugs:
             q *= q.dtype.type(a.scale)  # "saves a copy"
         qc, kc, vc = (np.asarray(x).astype(work) for x in (q, k, v))
-        if "scale-ignored" in self.bugs or ("scale-no-sqrt" in self.bugs and scale is None):
+        if "d-dv-confusion" in self.bugs and scale is None:
+            s_scale = 1.0 / math.sqrt(a.value_dim)
+        elif "scale-ignored" in self.bugs or ("scale-no-sqrt" in self.bugs and scale is None):
             s_scale = 1.0 / (a.head_dim if "scale-no-sqrt" in self.bugs else math.sqrt(a.head_dim))
         else:
             s_scale = a.scale
@@ -273,7 +337,8 @@ class ToyBackend:
                 if mask_full is not None:
                     head_mask = mask_full[b, 0 if "mask-head0" in self.bugs else h]
                     ok = ok & (~head_mask if "mask-inverted" in self.bugs else head_mask)
-                s = self._scores(qc[b, h], kc[b, kvh], s_scale, softcap, None if bias_full is None else bias_full[b, h])
+                bias_h = None if bias_full is None else bias_full[b, 0 if "bias-head0" in self.bugs else h]
+                s = self._scores(qc[b, h], kc[b, kvh], s_scale, softcap, bias_h)
                 if "nan-squashed" in self.bugs:
                     ok = ok & ~np.isnan(s)
                 if "mask-before-softcap" in self.bugs and softcap is not None:
@@ -283,7 +348,7 @@ class ToyBackend:
                     if bias_full is not None:
                         s = s + bias_full[b, h]
                     ok = allowed
-                o, l_ = self._online_softmax(s, ok, vc[b, kvh], work)
+                o, l_ = self._online_softmax(s, ok, vc[b, kvh], work, q.dtype)
                 out[b, h] = o.astype(q.dtype)
                 lse[b, h] = l_.astype(lse_dtype)
         if "dtype-upcast" in self.bugs and q.dtype.itemsize == 2:
@@ -292,8 +357,22 @@ class ToyBackend:
             lse = (lse / np.log(2)).astype(lse_dtype)
         return (out, lse) if return_lse or "lse-always" in self.bugs else out
 
+    def _layout_bugs(self, x: Any) -> Any:
+        """The planted layout bugs: memory read as if it were C-contiguous, or with unit innermost stride."""
+        x = np.asarray(x)
+        if "strides-ignored" in self.bugs:
+            return x.ravel(order="K").reshape(x.shape)
+        if "unit-stride-assumed" in self.bugs and x.ndim:
+            strides = (*x.strides[:-1], x.itemsize)
+            return np.lib.stride_tricks.as_strided(x, x.shape, strides, writeable=False).copy()
+        return x
+
     def _scores(self, q: np.ndarray, k: np.ndarray, scale: float, softcap: Any, bias: Any) -> np.ndarray:
         work = q.dtype
+        if "scale-after-softcap" in self.bugs and softcap is not None:
+            c = work.type(softcap)
+            s = c * np.tanh((q @ k.T) / c) * work.type(scale)
+            return (s if bias is None else s + bias).astype(work)
         s = (q @ k.T) * work.type(scale)
         if bias is not None and "softcap-after-bias" in self.bugs:
             s = s + bias
@@ -305,22 +384,26 @@ class ToyBackend:
             s = s + bias
         return s.astype(work)
 
-    def _online_softmax(self, s: np.ndarray, ok: np.ndarray, v: np.ndarray, work: np.dtype):
-        """Flash-style: one pass over key blocks, rescaling the running sums."""
+    def _online_softmax(self, s: np.ndarray, ok: np.ndarray, v: np.ndarray, work: np.dtype, io: np.dtype):
+        """Flash-style: one pass over key blocks, rescaling the running sums (``io``: the input dtype)."""
+        denominator = io if "fp16-denominator" in self.bugs and io.itemsize == 2 else work
         rows = s.shape[0]
         block = SHORT_KEY_BLOCK if s.shape[1] <= 32 else LONG_KEY_BLOCK
         starts = list(range(0, s.shape[1], block))
         if "tail-block-dropped" in self.bugs and s.shape[1] % block:
             starts = starts[:-1]
         m = np.full(rows, -np.inf, dtype=work)
-        total = np.zeros(rows, dtype=work)
+        total = np.zeros(rows, dtype=denominator)
         acc = np.zeros((rows, v.shape[1]), dtype=work)
         seen = np.zeros(rows, dtype=bool)
         with np.errstate(all="ignore"):
             for start in starts:
                 blk = slice(start, start + block)
                 okb = ok[:, blk]
-                sb = np.where(okb, s[:, blk], work.type(-np.inf))
+                if "mask-added-not-selected" in self.bugs:
+                    sb = s[:, blk] + np.where(okb, work.type(0), work.type(-np.inf))
+                else:
+                    sb = np.where(okb, s[:, blk], work.type(-np.inf))
                 m_new = np.maximum(m, sb.max(axis=1))
                 seen |= okb.any(axis=1)
                 if "neg-inf-scores-nan" in self.bugs:
@@ -333,7 +416,11 @@ class ToyBackend:
                 corr = np.exp(m - m_safe).astype(work)
                 if "no-max-shift" in self.bugs:
                     corr = np.ones_like(corr)
-                total = (total * corr + p.sum(axis=1)).astype(work)
+                if denominator == work:
+                    total = (total * corr + p.sum(axis=1)).astype(work)
+                else:  # a running 16-bit sum, one key at a time
+                    terms = np.concatenate([(total * corr)[:, None], p], axis=1).astype(denominator)
+                    total = np.cumsum(terms, axis=1, dtype=denominator)[:, -1]
                 if "nan-leak" in self.bugs:
                     contrib = p @ v[blk]
                 else:
