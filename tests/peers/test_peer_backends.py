@@ -128,3 +128,16 @@ def test_the_installed_package_registers_through_the_entry_point(name):
     if name not in installed:
         pytest.skip(f"the example package for {name} is not installed; {INSTALL_HINT}")
     assert name in attnref.list_backends()
+
+
+@pytest.mark.parametrize("name", sorted(PACKAGES))
+def test_sinks_and_packed_sequences_are_declared_unsupported(name, monkeypatch):
+    backend = _runnable(name, monkeypatch)
+    q = backend.asarray(np.ones((1, 2, 3, 4), dtype=np.float32))
+    with pytest.raises(attnref.UnsupportedError, match="sinks"):
+        backend.global_attention(q, q, q, sinks=backend.asarray(np.zeros(2, dtype=np.float32)))
+    packed = backend.asarray(np.ones((3, 2, 4), dtype=np.float32))
+    with pytest.raises(attnref.UnsupportedError, match="cu_seqlens_q"):
+        backend.local_attention(packed, packed, packed, window=(1, 0), cu_seqlens_q=[0, 3], cu_seqlens_k=[0, 3])
+    with pytest.raises(ValueError, match="cu_seqlens_k"):  # invalid input is still the reference's error
+        backend.local_attention(packed, packed, packed, window=(1, 0), cu_seqlens_q=[0, 3])

@@ -90,6 +90,17 @@ def test_rejects_the_opset_25_window_attributes():
         onnxruntime_run(model, {"Q": q, "K": k, "V": v})
 
 
+def test_refuses_past_key_without_the_present_key_output():
+    q, k, v = _qkv(3, 3)
+    past = RNG.standard_normal((1, 1, 2, 4)).astype(np.float32)
+    inputs = [("Q", TP.FLOAT), ("K", TP.FLOAT), ("V", TP.FLOAT), ("", 0), ("PK", TP.FLOAT), ("PV", TP.FLOAT)]
+    model = attention_model(inputs, [("Y", TP.FLOAT)], is_causal=1)
+    feeds = {"Q": q, "K": k, "V": v, "PK": past, "PV": past}
+    onnx_reference(model, feeds)  # valid ONNX
+    with pytest.raises(Exception, match="present_key"):
+        onnxruntime_run(model, feeds)
+
+
 def test_rejects_a_mask_that_broadcasts_over_the_query_axis():
     q, k, v = _qkv(3, 5)
     feeds = {"Q": q, "K": k, "V": v, "M": np.ones((1, 1, 1, 5), dtype=bool)}

@@ -14,8 +14,9 @@ What it takes to wrap a real library whose conventions differ from attnref's:
   negative number, so such a row returns the mean of ``V`` and an lse near
   ``-2.4e38``. attnref defines them as ``out = 0`` and ``lse = -inf``; the
   backend selects those values for exactly those rows.
-* **What JAX lacks** is declared, never faked: logit soft-capping and a value
-  head size other than the query's raise :class:`attnref.UnsupportedError`. The real mismatches that remain (a NaN in a
+* **What JAX lacks** is declared, never faked: logit soft-capping, a value head
+  size other than the query's, sink logits and packed sequences raise
+  :class:`attnref.UnsupportedError`. The real mismatches that remain (a NaN in a
   value hidden by the pattern leaks, because JAX multiplies by the zero weights;
   a row whose allowed keys all carry a ``-inf`` bias gets a finite lse; the
   softmax runs in float32 for float64 inputs) are listed in ``xfails.txt``.
@@ -95,6 +96,9 @@ def _attend(
     q_lengths=None,
     align="bottom_right",
     return_lse=False,
+    sinks=None,
+    cu_seqlens_q=None,
+    cu_seqlens_k=None,
 ):
     """Validate with attnref, translate the pattern, call JAX, give empty rows attnref's values."""
     import jax
@@ -103,11 +107,9 @@ def _attend(
     args = check_attention(
         q, k, v, scale=scale, softcap=softcap, bias=bias, mask=mask,
         kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
+        sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
     )  # fmt: skip
-    if args.softcap is not None:
-        raise attnref.UnsupportedError("softcap", "jax.nn.dot_product_attention has no logit soft-capping")
-    if args.value_dim != args.head_dim:
-        raise attnref.UnsupportedError("value_dim", "jax.nn.dot_product_attention needs v's head size equal to q's")
+    _decline_what_jax_lacks(args)
     allowed = _allowed(args, pattern, None if mask is None else np.asarray(mask))
     native = _native_pattern(args, pattern)
     with jax.enable_x64(q.dtype == jnp.float64):
@@ -129,6 +131,18 @@ def _attend(
             return out
         lse = jnp.where(empty, -jnp.inf, jnp.swapaxes(lse, 1, 2))  # JAX's residual is (B, Lq, Hq)
         return out, lse.astype(jnp.promote_types(lse.dtype, q.dtype))
+
+
+def _decline_what_jax_lacks(args: AttentionArgs) -> None:
+    """Raise :class:`attnref.UnsupportedError` for a valid input that JAX has no argument for."""
+    if args.softcap is not None:
+        raise attnref.UnsupportedError("softcap", "jax.nn.dot_product_attention has no logit soft-capping")
+    if args.value_dim != args.head_dim:
+        raise attnref.UnsupportedError("value_dim", "jax.nn.dot_product_attention needs v's head size equal to q's")
+    if args.sinks is not None:
+        raise attnref.UnsupportedError("sinks", "jax.nn.dot_product_attention has no sink logits")
+    if args.packed:
+        raise attnref.UnsupportedError("cu_seqlens_q", "jax.nn.dot_product_attention takes no packed sequences")
 
 
 def _native_pattern(args: AttentionArgs, pattern: Pattern) -> dict[str, Any] | None:

@@ -23,8 +23,9 @@ What it takes to wrap the ONNX op:
   (``qk_matmul_output_mode=2``) and takes their log-sum-exp in NumPy, in float32
   or better. The lse is therefore only as good as onnxruntime's *scores*; its
   softmax is checked through ``out``.
-* **What onnxruntime lacks** is declared, never faked: it has no bfloat16
-  kernel, so ``bfloat16`` is not among the dtypes. The real mismatch that
+* **What ONNX and onnxruntime lack** is declared, never faked: sink logits and
+  packed sequences raise :class:`attnref.UnsupportedError`; onnxruntime has no
+  bfloat16 kernel, so ``bfloat16`` is not among the dtypes. The real mismatch that
   remains (a NaN in a key or value hidden by the pattern or a mask leaks,
   because masking adds ``-inf`` and multiplies by zero weights) is listed in
   ``xfails.txt``.
@@ -106,12 +107,17 @@ def _attend(
     q_lengths=None,
     align="bottom_right",
     return_lse=False,
+    sinks=None,
+    cu_seqlens_q=None,
+    cu_seqlens_k=None,
 ):
     """Validate with attnref, hand the pattern to the node as an additive mask, run it."""
     args = check_attention(
         q, k, v, scale=scale, softcap=softcap, bias=bias, mask=mask,
         kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
+        sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
     )  # fmt: skip
+    _decline_what_onnx_lacks(args)
     feeds = {"Q": q, "K": k, "V": v}
     if pattern.kind != "global" or bias is not None or mask is not None or _has_lengths(args):
         # Additive, never boolean or is_causal: onnxruntime fills those with the lowest finite float,
@@ -133,6 +139,14 @@ def _logsumexp(scores: np.ndarray) -> np.ndarray:
         top = scores.max(axis=-1, keepdims=True)
         top = np.where(np.isneginf(top), 0, top)  # an all -inf row: no shift, so the sum is 0 and the log -inf
         return (top + np.log(np.exp(scores - top).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+def _decline_what_onnx_lacks(args: AttentionArgs) -> None:
+    """Raise :class:`attnref.UnsupportedError` for a valid input the ONNX op (opset 23) has no input for."""
+    if args.sinks is not None:
+        raise attnref.UnsupportedError("sinks", "the ONNX Attention op has no sink logits")
+    if args.packed:
+        raise attnref.UnsupportedError("cu_seqlens_q", "the ONNX Attention op takes no packed sequences")
 
 
 def _has_lengths(args: AttentionArgs) -> bool:
