@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -141,3 +144,21 @@ def test_sinks_and_packed_sequences_are_declared_unsupported(name, monkeypatch):
         backend.local_attention(packed, packed, packed, window=(1, 0), cu_seqlens_q=[0, 3], cu_seqlens_k=[0, 3])
     with pytest.raises(ValueError, match="cu_seqlens_k"):  # invalid input is still the reference's error
         backend.local_attention(packed, packed, packed, window=(1, 0), cu_seqlens_q=[0, 3])
+
+
+def test_registering_them_imports_none_of_their_libraries():
+    """The hooks stay cheap: version and availability come from package metadata, not from importing JAX or ONNX."""
+    installed = {ep.name for ep in importlib.metadata.entry_points(group="attnref.backends")}
+    if not set(PACKAGES) <= installed:
+        pytest.skip(f"the example packages are not installed; {INSTALL_HINT}")
+    code = (
+        "import json, sys, attnref\n"
+        "statuses = [(s.backend, s.state) for s in attnref.backend_statuses()]\n"
+        "print(json.dumps({'loaded': sorted(m for m in ('jax', 'onnx', 'onnxruntime') if m in sys.modules),"
+        " 'statuses': statuses}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["loaded"] == []
+    states = {name: state for name, state in report["statuses"] if name in PACKAGES}
+    assert states == dict.fromkeys(PACKAGES, "available")
