@@ -15,17 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from attnref.dtypes import DTYPE_NAMES, name_of_array
+from attnref.dtypes import DTYPE_NAMES, name_of_array, numpy_dtype
 from attnref.errors import invalid_type, invalid_value
 from attnref.patterns import ALIGNMENTS, Pattern, align_offset
 
 __all__ = [
     "AttentionArgs",
+    "PagedArgs",
+    "MergeArgs",
     "AdditiveArgs",
     "LuongArgs",
     "LUONG_SCORES",
     "LUONG_MODES",
     "check_attention",
+    "check_paged",
+    "check_merge",
     "check_additive",
     "check_luong",
     "full_pattern",
@@ -34,6 +38,7 @@ __all__ = [
     "check_window",
     "check_flag",
     "host_integers",
+    "host_array",
 ]
 
 LUONG_SCORES: tuple[str, ...] = ("dot", "general", "concat")
@@ -116,21 +121,66 @@ def chunk_pattern(chunk_size: Any, causal: Any) -> Pattern:
 
 
 # -- arrays -----------------------------------------------------------------
+def _is_torch(value: Any) -> bool:
+    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
+
+
+def _check_storage(argument: str, array: Any) -> None:
+    """Reject a torch tensor that holds no values (meta device) or is not dense (sparse)."""
+    if not _is_torch(array):
+        return
+    if getattr(array, "is_meta", False):
+        raise invalid_value(argument, "a tensor on the meta device (it holds no values)", "an array with values")
+    layout = str(getattr(array, "layout", "torch.strided"))
+    if layout != "torch.strided":
+        raise invalid_type(argument, f"a tensor with layout {layout}", "a dense (strided) array")
+
+
+def host_array(argument: str, value: Any) -> np.ndarray:
+    """``value`` as a NumPy array on the host, dtype kept (bfloat16 as :data:`ml_dtypes.bfloat16`).
+
+    Accepts NumPy arrays and scalars, sequences, CuPy arrays and torch tensors
+    (also ones that require grad or live on a GPU: their values are copied).
+    A meta-device or sparse tensor is an error naming ``argument``.
+    """
+    if _is_torch(value):
+        _check_storage(argument, value)
+        tensor = value.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":  # NumPy has no bfloat16 of its own: same bits, ml_dtypes' type
+            return tensor.view(_torch_int16(tensor)).numpy().view(numpy_dtype("bfloat16"))
+        return tensor.numpy()
+    if hasattr(value, "get") and hasattr(value, "__cuda_array_interface__"):  # CuPy
+        return value.get()
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise invalid_type(argument, type(value).__name__, "an array") from exc
+
+
+def _torch_int16(tensor: Any) -> Any:
+    import torch  # only reached with a torch tensor in hand
+
+    return torch.int16
+
+
 def _shape(argument: str, array: Any) -> tuple[int, ...]:
     shape = getattr(array, "shape", None)
     if shape is None or not hasattr(array, "dtype"):
         raise invalid_type(argument, type(array).__name__, "an array")
+    _check_storage(argument, array)
     return tuple(int(n) for n in shape)
 
 
-def _float_array(argument: str, array: Any, ndim: int | None = None) -> tuple[int, ...]:
+def _float_array(argument: str, array: Any, ndim: int | None = None, *, empty_first: bool = False) -> tuple[int, ...]:
+    """Shape of a floating array; with ``ndim``, exactly that many dimensions, each >= 1
+    (the first may be 0 with ``empty_first``: the packed token axis of varlen inputs)."""
     shape = _shape(argument, array)
     name = name_of_array(array)
     if name not in DTYPE_NAMES:
         raise invalid_type(argument, f"dtype {name}", "a floating dtype: " + ", ".join(DTYPE_NAMES))
     if ndim is not None and len(shape) != ndim:
         raise invalid_value(argument, f"{len(shape)} dimensions {shape}", f"{ndim} dimensions")
-    if ndim is not None and 0 in shape:
+    if ndim is not None and 0 in shape[1 if empty_first else 0 :]:
         raise invalid_value(argument, f"shape {shape}", "every dimension >= 1")
     return shape
 
@@ -151,17 +201,13 @@ def _broadcastable(argument: str, shape: tuple[int, ...], target: tuple[int, ...
 
 def host_integers(argument: str, value: Any) -> np.ndarray:
     """Copy an integer array (NumPy, PyTorch, CuPy, or a sequence of ints) to a
-    NumPy ``int64`` array; floats and bools are a TypeError."""
-    if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU
-        value = value.detach().cpu().numpy()
-    elif hasattr(value, "get") and hasattr(value, "__cuda_array_interface__"):  # CuPy
-        value = value.get()
-    try:
-        array = np.asarray(value)
-    except (TypeError, ValueError) as exc:
-        raise invalid_type(argument, type(value).__name__, "integers") from exc
+    NumPy ``int64`` array; floats and bools are a TypeError, a meta-device or
+    sparse tensor an error naming ``argument``."""
+    array = host_array(argument, value)
     if array.dtype.kind not in "iu":
         raise invalid_type(argument, f"dtype {array.dtype}", "integers")
+    if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
+        raise invalid_value(argument, f"values up to {array.max()}", "integers that fit int64")
     return array.astype(np.int64)
 
 
@@ -176,10 +222,54 @@ def _lengths(argument: str, value: Any, batch: int, upper: int) -> np.ndarray | 
     return lengths
 
 
+def _sinks(value: Any, heads: int) -> np.ndarray | None:
+    """``sinks``: ``(Hq,)`` of any floating dtype, as a float64 host copy (exact)."""
+    if value is None:
+        return None
+    shape = _float_array("sinks", value)
+    if shape != (heads,):
+        raise invalid_value("sinks", f"shape {shape}", f"shape ({heads},), one logit per query head")
+    return host_array("sinks", value).astype(np.float64)
+
+
+def _cu_seqlens(argument: str, value: Any, total: int) -> np.ndarray:
+    """Offsets of packed sequences: int ``(B + 1,)``, ``B >= 1``, from 0, non-decreasing, to ``total``."""
+    offsets = host_integers(argument, value)
+    if offsets.ndim != 1 or offsets.shape[0] < 2:
+        raise invalid_value(argument, f"shape {offsets.shape}", "shape (B + 1,) with B >= 1 sequences")
+    if offsets[0] != 0:
+        raise invalid_value(argument, f"first offset {int(offsets[0])}", "0")
+    steps = np.diff(offsets)
+    if (steps < 0).any():
+        at = int(np.argmax(steps < 0))
+        given = f"offsets {int(offsets[at])} then {int(offsets[at + 1])}"
+        raise invalid_value(argument, given, "non-decreasing offsets")
+    if offsets[-1] != total:
+        raise invalid_value(argument, f"last offset {int(offsets[-1])}", f"{total}, the number of packed rows")
+    return offsets
+
+
 # -- transformer-style ops --------------------------------------------------
 @dataclass(frozen=True)
 class AttentionArgs:
-    """Validated arguments of a multi-head attention op (sizes and options)."""
+    """Validated arguments of a multi-head attention op (sizes and options).
+
+    Dense inputs: ``q (B, Hq, Lq, D)``, ``k (B, Hkv, Lk, D)``, ``v (B, Hkv, Lk, Dv)``.
+    Packed inputs (:attr:`packed`, contract section 8): ``q (Tq, Hq, D)``,
+    ``k (Tk, Hkv, D)``, ``v (Tk, Hkv, Dv)``; ``batch`` is the number of
+    sequences ``B``, ``q_len``/``kv_len`` are the totals ``Tq``/``Tk``, and
+    sequence ``b`` is rows ``cu_seqlens_q[b]:cu_seqlens_q[b + 1]`` of ``q`` and
+    ``cu_seqlens_k[b]:cu_seqlens_k[b + 1]`` of ``k``/``v``.
+
+    Attributes
+    ----------
+    kv_lengths, q_lengths : ndarray or None
+        The dense ops' lengths, int64 of shape ``(B,)`` (never with packed inputs).
+    sinks : ndarray or None
+        The sink logits, a float64 host copy of shape ``(Hq,)`` (contract section 7).
+    cu_seqlens_q, cu_seqlens_k : ndarray or None
+        The packed sequences' offsets, int64 of shape ``(B + 1,)``.
+    """
 
     batch: int
     q_heads: int
@@ -193,6 +283,14 @@ class AttentionArgs:
     align: str
     kv_lengths: np.ndarray | None
     q_lengths: np.ndarray | None
+    sinks: np.ndarray | None = None
+    cu_seqlens_q: np.ndarray | None = None
+    cu_seqlens_k: np.ndarray | None = None
+
+    @property
+    def packed(self) -> bool:
+        """Packed variable-length sequences (``cu_seqlens_q``/``cu_seqlens_k`` given)."""
+        return self.cu_seqlens_q is not None
 
     @property
     def group(self) -> int:
@@ -201,14 +299,24 @@ class AttentionArgs:
 
     @property
     def scores_shape(self) -> tuple[int, int, int, int]:
-        """``(B, Hq, Lq, Lk)``, the shape ``bias`` and ``mask`` broadcast to."""
+        """``(B, Hq, Lq, Lk)``, the shape ``bias`` and ``mask`` broadcast to (dense inputs)."""
         return (self.batch, self.q_heads, self.q_len, self.kv_len)
 
+    def q_lens(self) -> np.ndarray:
+        """Query rows of each sequence, ``int64 (B,)``: ``Lq_b`` (``q_lengths`` or ``Lq``), or the packed lengths."""
+        if self.cu_seqlens_q is not None:
+            return np.diff(self.cu_seqlens_q)
+        return self.q_lengths if self.q_lengths is not None else np.full(self.batch, self.q_len, dtype=np.int64)
+
+    def kv_lens(self) -> np.ndarray:
+        """Keys of each sequence, ``int64 (B,)``: ``Lk_b`` (``kv_lengths`` or ``Lk``), or the packed lengths."""
+        if self.cu_seqlens_k is not None:
+            return np.diff(self.cu_seqlens_k)
+        return self.kv_lengths if self.kv_lengths is not None else np.full(self.batch, self.kv_len, dtype=np.int64)
+
     def offsets(self) -> np.ndarray:
-        """Per-batch alignment offset, ``int64 (B,)``."""
-        kv = self.kv_lengths if self.kv_lengths is not None else np.full(self.batch, self.kv_len)
-        q = self.q_lengths if self.q_lengths is not None else np.full(self.batch, self.q_len)
-        return np.asarray(align_offset(self.align, q, kv), dtype=np.int64)
+        """Per-sequence alignment offset, ``int64 (B,)``: ``Lk_b - Lq_b`` or 0 (see ``align``)."""
+        return np.asarray(align_offset(self.align, self.q_lens(), self.kv_lens()), dtype=np.int64)
 
 
 def check_attention(
@@ -224,30 +332,42 @@ def check_attention(
     q_lengths: Any = None,
     align: Any = "bottom_right",
     return_lse: Any = False,
+    sinks: Any = None,
+    cu_seqlens_q: Any = None,
+    cu_seqlens_k: Any = None,
 ) -> AttentionArgs:
-    """Validate the common arguments of the three multi-head ops.
+    """Validate the common arguments of the three multi-head ops (contract sections 1, 2, 7, 8).
+
+    Looks at the shapes and dtypes of ``q``, ``k``, ``v``, ``bias``, ``mask``
+    (any array library) and copies the small arrays (lengths, offsets, sinks)
+    to the host.
 
     Raises
     ------
     InvalidTypeError
-        Not an array, a non-floating or mixed dtype, a non-bool mask, non-integer lengths.
+        Not an array, a non-floating or mixed dtype, a non-bool mask, non-integer
+        lengths or offsets, integer sinks.
     InvalidArgumentError
-        Wrong rank or sizes, head count not divisible, lengths out of range, etc.
+        Wrong rank or sizes, head count not divisible, lengths or offsets out of
+        range, one offset array without the other, packed inputs combined with
+        ``bias``/``mask``/``kv_lengths``/``q_lengths``, etc.
     """
+    if (cu_seqlens_q is None) != (cu_seqlens_k is None):
+        missing = "cu_seqlens_k" if cu_seqlens_k is None else "cu_seqlens_q"
+        raise invalid_value(missing, "None", "an offsets array: cu_seqlens_q and cu_seqlens_k are given together")
+    if cu_seqlens_q is not None:
+        return _check_packed(
+            q, k, v, scale=scale, softcap=softcap, bias=bias, mask=mask, kv_lengths=kv_lengths,
+            q_lengths=q_lengths, align=align, return_lse=return_lse, sinks=sinks,
+            cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+        )  # fmt: skip
     B, Hq, Lq, D = _float_array("q", q, 4)
     Bk, Hkv, Lk, Dk = _float_array("k", k, 4)
     Bv, Hv, Lv, Dv = _float_array("v", v, 4)
     _same_dtype({"q": q, "k": k, "v": v})
     if Bk != B or Bv != B:
         raise invalid_value("k" if Bk != B else "v", f"batch {Bk if Bk != B else Bv}", f"batch {B} (as q)")
-    if Hv != Hkv:
-        raise invalid_value("v", f"{Hv} heads", f"{Hkv} heads (as k)")
-    if Hq % Hkv:
-        raise invalid_value("k", f"{Hkv} heads", f"a divisor of q's {Hq} heads")
-    if Dk != D:
-        raise invalid_value("k", f"head size {Dk}", f"head size {D} (as q)")
-    if Lv != Lk:
-        raise invalid_value("v", f"length {Lv}", f"length {Lk} (as k)")
+    _check_heads_and_sizes(Hq, Hkv, Hv, D, Dk, Lk, Lv)
     target = (B, Hq, Lq, Lk)
     if bias is not None:
         _broadcastable("bias", _float_array("bias", bias), target, "(B, Hq, Lq, Lk)")
@@ -265,12 +385,223 @@ def check_attention(
         kv_len=Lk,
         head_dim=D,
         value_dim=Dv,
-        scale=1.0 / math.sqrt(D) if scale is None else _positive_real("scale", scale),
+        scale=_scale(scale, D),
         softcap=None if softcap is None else _positive_real("softcap", softcap),
         align=_choice("align", align, ALIGNMENTS),
         kv_lengths=_lengths("kv_lengths", kv_lengths, B, Lk),
         q_lengths=_lengths("q_lengths", q_lengths, B, Lq),
+        sinks=_sinks(sinks, Hq),
     )
+
+
+def _scale(scale: Any, head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim) if scale is None else _positive_real("scale", scale)
+
+
+def _check_heads_and_sizes(Hq: int, Hkv: int, Hv: int, D: int, Dk: int, Lk: int, Lv: int) -> None:
+    """The checks shared by dense and packed inputs: kv heads, head sizes, key counts."""
+    if Hv != Hkv:
+        raise invalid_value("v", f"{Hv} heads", f"{Hkv} heads (as k)")
+    if Hq % Hkv:
+        raise invalid_value("k", f"{Hkv} heads", f"a divisor of q's {Hq} heads")
+    if Dk != D:
+        raise invalid_value("k", f"head size {Dk}", f"head size {D} (as q)")
+    if Lv != Lk:
+        raise invalid_value("v", f"length {Lv}", f"length {Lk} (as k)")
+
+
+def _check_packed(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    scale: Any,
+    softcap: Any,
+    bias: Any,
+    mask: Any,
+    kv_lengths: Any,
+    q_lengths: Any,
+    align: Any,
+    return_lse: Any,
+    sinks: Any,
+    cu_seqlens_q: Any,
+    cu_seqlens_k: Any,
+) -> AttentionArgs:
+    """:func:`check_attention` for packed variable-length sequences (contract section 8)."""
+    for argument, value in (("bias", bias), ("mask", mask), ("kv_lengths", kv_lengths), ("q_lengths", q_lengths)):
+        if value is not None:
+            raise invalid_value(argument, "an array", "None with packed sequences (cu_seqlens_q/cu_seqlens_k)")
+    Tq, Hq, D = _float_array("q", q, 3, empty_first=True)
+    Tk, Hkv, Dk = _float_array("k", k, 3, empty_first=True)
+    Tv, Hv, Dv = _float_array("v", v, 3, empty_first=True)
+    _same_dtype({"q": q, "k": k, "v": v})
+    _check_heads_and_sizes(Hq, Hkv, Hv, D, Dk, Tk, Tv)
+    offsets_q = _cu_seqlens("cu_seqlens_q", cu_seqlens_q, Tq)
+    offsets_k = _cu_seqlens("cu_seqlens_k", cu_seqlens_k, Tk)
+    if offsets_k.shape != offsets_q.shape:
+        expected = f"shape {offsets_q.shape}, as cu_seqlens_q (the same sequences)"
+        raise invalid_value("cu_seqlens_k", f"shape {offsets_k.shape}", expected)
+    check_flag("return_lse", return_lse)
+    return AttentionArgs(
+        batch=offsets_q.shape[0] - 1,
+        q_heads=Hq,
+        kv_heads=Hkv,
+        q_len=Tq,
+        kv_len=Tk,
+        head_dim=D,
+        value_dim=Dv,
+        scale=_scale(scale, D),
+        softcap=None if softcap is None else _positive_real("softcap", softcap),
+        align=_choice("align", align, ALIGNMENTS),
+        kv_lengths=None,
+        q_lengths=None,
+        sinks=_sinks(sinks, Hq),
+        cu_seqlens_q=offsets_q,
+        cu_seqlens_k=offsets_k,
+    )
+
+
+# -- paged KV cache ---------------------------------------------------------
+@dataclass(frozen=True)
+class PagedArgs:
+    """Validated arguments of ``paged_attention`` (contract section 9).
+
+    Attributes
+    ----------
+    attention : AttentionArgs
+        The op seen as dense attention over each sequence's gathered keys:
+        ``kv_len = max_blocks * block_size`` key slots, ``kv_lengths =
+        cache_seqlens``.
+    cache_seqlens : ndarray
+        Keys of each sequence, int64 of shape ``(B,)``.
+    pattern : Pattern
+        ``window`` with ``causal`` narrowing its right side to 0; global (or
+        causal) attention when ``window`` is None.
+    block_table : ndarray
+        Host copy, int64 of shape ``(B, max_blocks)``; only the entries of
+        :meth:`used_blocks` are meaningful.
+    num_blocks, block_size : int
+        Of the caches.
+    """
+
+    attention: AttentionArgs
+    pattern: Pattern
+    block_table: np.ndarray
+    cache_seqlens: np.ndarray
+    num_blocks: int
+    block_size: int
+
+    def used_blocks(self) -> np.ndarray:
+        """Table entries each sequence reads, ``ceil(cache_seqlens / block_size)``, ``int64 (B,)``."""
+        return -(-self.cache_seqlens // self.block_size)
+
+    def key_slots(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(blocks, offsets)`` of sequence ``b``'s keys ``t = 0..cache_seqlens[b]-1``:
+        key ``t`` is ``cache[blocks[t], offsets[t]]``."""
+        t = np.arange(int(self.cache_seqlens[b]))
+        return self.block_table[b, t // self.block_size], t % self.block_size
+
+
+def check_paged(
+    q: Any,
+    k_cache: Any,
+    v_cache: Any,
+    *,
+    block_table: Any,
+    cache_seqlens: Any,
+    causal: Any = False,
+    window: Any = None,
+    scale: Any = None,
+    softcap: Any = None,
+    sinks: Any = None,
+    align: Any = "bottom_right",
+    return_lse: Any = False,
+) -> PagedArgs:
+    """Validate the arguments of ``paged_attention`` (contract section 9).
+
+    Raises
+    ------
+    InvalidTypeError
+        Non-floating or mixed dtypes, non-integer ``block_table`` or ``cache_seqlens``.
+    InvalidArgumentError
+        Wrong ranks or sizes; a used ``block_table`` entry outside
+        ``[0, num_blocks)``; ``cache_seqlens`` beyond ``max_blocks * block_size``.
+    """
+    B, Hq, Lq, D = _float_array("q", q, 4)
+    num_blocks, block_size, Hkv, Dk = _float_array("k_cache", k_cache, 4)
+    nv, bv, Hv, Dv = _float_array("v_cache", v_cache, 4)
+    _same_dtype({"q": q, "k_cache": k_cache, "v_cache": v_cache})
+    if (nv, bv) != (num_blocks, block_size):
+        raise invalid_value("v_cache", f"{nv} blocks of {bv}", f"{num_blocks} blocks of {block_size} (as k_cache)")
+    if Hv != Hkv:
+        raise invalid_value("v_cache", f"{Hv} heads", f"{Hkv} heads (as k_cache)")
+    if Hq % Hkv:
+        raise invalid_value("k_cache", f"{Hkv} heads", f"a divisor of q's {Hq} heads")
+    if Dk != D:
+        raise invalid_value("k_cache", f"head size {Dk}", f"head size {D} (as q)")
+    table = host_integers("block_table", block_table)
+    if table.ndim != 2 or table.shape[0] != B:
+        raise invalid_value("block_table", f"shape {table.shape}", f"shape ({B}, max_blocks), one row per sequence")
+    capacity = table.shape[1] * block_size
+    seqlens = _lengths("cache_seqlens", cache_seqlens, B, capacity)
+    if seqlens is None:
+        raise invalid_value("cache_seqlens", "None", f"an int array of shape ({B},)")
+    used = np.arange(table.shape[1])[None, :] < -(-seqlens // block_size)[:, None]
+    bad = used & ((table < 0) | (table >= num_blocks))
+    if bad.any():
+        b, n = (int(x) for x in np.argwhere(bad)[0])
+        raise invalid_value(
+            "block_table", f"entry [{b}, {n}] = {int(table[b, n])}", f"block indices in [0, {num_blocks}) where used"
+        )
+    causal = check_flag("causal", causal)
+    if window is None:
+        pattern = Pattern.full(causal)
+    else:
+        left, right = check_window(window)
+        pattern = Pattern.window(left, 0 if causal else right)
+    check_flag("return_lse", return_lse)
+    attention = AttentionArgs(
+        batch=B,
+        q_heads=Hq,
+        kv_heads=Hkv,
+        q_len=Lq,
+        kv_len=capacity,
+        head_dim=D,
+        value_dim=Dv,
+        scale=_scale(scale, D),
+        softcap=None if softcap is None else _positive_real("softcap", softcap),
+        align=_choice("align", align, ALIGNMENTS),
+        kv_lengths=seqlens,
+        q_lengths=None,
+        sinks=_sinks(sinks, Hq),
+    )
+    return PagedArgs(
+        attention=attention, pattern=pattern, block_table=table, cache_seqlens=seqlens,
+        num_blocks=num_blocks, block_size=block_size,
+    )  # fmt: skip
+
+
+# -- merging partial states -------------------------------------------------
+@dataclass(frozen=True)
+class MergeArgs:
+    """Validated arguments of ``merge_attention_states`` (contract section 10)."""
+
+    parts: int  # N
+    shape: tuple[int, ...]  # the positions: lses.shape[1:]
+    value_dim: int
+
+
+def check_merge(outs: Any, lses: Any) -> MergeArgs:
+    """Validate ``outs (N, ..., Dv)`` and ``lses (N, ...)`` (each any floating dtype), ``N >= 1``."""
+    out_shape = _float_array("outs", outs)
+    lse_shape = _float_array("lses", lses)
+    if len(out_shape) < 2:
+        raise invalid_value("outs", f"shape {out_shape}", "shape (N, ..., Dv): at least 2 dimensions")
+    if out_shape[0] < 1:
+        raise invalid_value("outs", f"shape {out_shape}", "N >= 1 partial states along the first axis")
+    if lse_shape != out_shape[:-1]:
+        raise invalid_value("lses", f"shape {lse_shape}", f"shape {out_shape[:-1]}, the shape of outs without Dv")
+    return MergeArgs(parts=out_shape[0], shape=out_shape[1:-1], value_dim=out_shape[-1])
 
 
 # -- attention pooling ------------------------------------------------------
@@ -403,3 +734,21 @@ def check_luong(
 def _need(argument: str, value: Any, because: str) -> None:
     if value is None:
         raise invalid_value(argument, "None", f"an array: it is required for {because}")
+
+
+# -- upstream gradients of the VJPs -----------------------------------------
+def check_upstream_gradient(argument: str, array: Any, shape: tuple[int, ...]) -> None:
+    """Check ``dout`` or ``dlse`` of a VJP: an array of a floating dtype (any of
+    the four, independent of ``q``'s) and exactly ``shape``, the shape of the
+    forward result it is the gradient of.
+
+    Raises
+    ------
+    InvalidTypeError
+        Not an array, or not a floating dtype (complex, integer, string).
+    InvalidArgumentError
+        Another shape.
+    """
+    given = _float_array(argument, array)
+    if given != shape:
+        raise invalid_value(argument, f"shape {given}", f"shape {shape}, the shape of the forward op's result")
