@@ -342,7 +342,6 @@ VARIANT_TARGETS = [
             lambda f, impl=impl: f.get(PAGED_MEMORY, impl, PAGED_CASE) / f.get(PAGED_CACHE, PAGED_CASE),
             1,
             False,
-            "< 1",
         )
         for impl in ("numpy", "torch")
     ),

@@ -132,3 +132,26 @@ def test_report_verdicts():
     assert target(1.0, False).row(None).endswith("| met |")
     assert target(3.0, False).row(None).endswith("| **missed** |")
     assert target(math.nan, True).row(None).endswith("| not measured |")
+
+
+@pytest.mark.parametrize("length", [300, 512])
+def test_flex_block_mask_covers_the_pattern(bench, length):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    baselines = importlib.import_module("benchmarks.baselines")
+    block = 64
+    for name, case in bench["common"].MULTIHEAD_CASES.items():
+        dense = case.pattern.dense(length, length)
+        mask = baselines.flex_block_mask(case.pattern, length, torch.device("cpu"), block=block)
+        listed = np.zeros((-(-length // block),) * 2, dtype=int)  # 0: skipped, 1: partial, 2: full
+        for kind, counts, indices in (
+            (1, mask.kv_num_blocks, mask.kv_indices),
+            (2, mask.full_kv_num_blocks, mask.full_kv_indices),
+        ):
+            for qb, n in enumerate(counts[0, 0].tolist()):
+                listed[qb, indices[0, 0, qb, :n].numpy()] = kind
+        # every allowed pair lies in a listed cell; a full cell is wholly allowed
+        i, j = np.nonzero(dense)
+        assert (listed[i // block, j // block] > 0).all(), name
+        for qb, kb in zip(*np.nonzero(listed == 2), strict=True):
+            assert dense[qb * block : (qb + 1) * block, kb * block : (kb + 1) * block].all(), name

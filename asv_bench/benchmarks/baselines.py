@@ -6,9 +6,8 @@
     from the pattern for local and chunked attention.
 ``baseline-flex``
     ``torch.compile(flex_attention)`` with a ``BlockMask`` for local and chunked
-    attention. The block mask is built directly from the pattern's per-block key
-    ranges (:meth:`~attnref.patterns.Pattern.key_range`,
-    :meth:`~attnref.patterns.Pattern.block_is_full`) with
+    attention. The block mask is built directly from the pattern's block plan
+    (:meth:`~attnref.patterns.Pattern.plan_blocks`) with
     ``BlockMask.from_kv_blocks``: ``create_block_mask`` evaluates the mask on the
     whole ``L x L`` grid (11.5 GiB and 25 s at L=32768 on this machine). The
     compilation happens in the benchmark's set-up and is never timed; it is
@@ -146,25 +145,23 @@ _compiled_flex: Any = None
 def flex_block_mask(pattern: Any, length: int, device: Any, block: int = FLEX_BLOCK) -> Any:
     """A FlexAttention ``BlockMask`` of ``pattern`` for ``length`` queries and keys.
 
-    Per query block, the key blocks that some query may see come from
-    ``pattern.key_range``; those that every query of the block may see wholly
-    (``pattern.block_is_full``) are "full" blocks, which FlexAttention computes
-    without evaluating the mask; the others are "partial" blocks, masked
-    element by element with ``pattern.allows``. Memory and time are
-    ``O((L / block)^2)`` integers at most, never ``O(L^2)``.
+    The plan is :meth:`Pattern.plan_blocks` on FlexAttention's grid of
+    ``block x block`` cells: per query block, the key cells that meet the
+    range some query may see; a cell that every query of the block may see
+    wholly is "full" (computed without evaluating the mask), the others are
+    "partial" (masked element by element with :meth:`Pattern.allows`). Memory
+    and time are ``O((L / block)^2)`` integers at most, never ``O(L^2)``.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
     n = -(-length // block)
     counts = {"partial": np.zeros(n, np.int32), "full": np.zeros(n, np.int32)}
     indices = {"partial": np.zeros((n, n), np.int32), "full": np.zeros((n, n), np.int32)}
-    for qb in range(n):
-        p_first, p_last = qb * block, min(length, (qb + 1) * block) - 1
-        lo, hi = pattern.key_range(p_first, p_last, length)
-        for kb in range(lo // block, -(-hi // block)) if lo < hi else ():
-            j_first, j_last = kb * block, min(length, (kb + 1) * block) - 1
-            kind = "full" if pattern.block_is_full(p_first, p_last, j_first, j_last) else "partial"
-            indices[kind][qb, counts[kind][qb]] = kb
+    plan = pattern.plan_blocks(length, length, block_rows=block, key_tile=block, grid=True)
+    for qb, query_block in enumerate(plan):  # one block per `block` rows, in order (no merging)
+        for tile in query_block.tiles:
+            kind = "full" if tile.full else "partial"
+            indices[kind][qb, counts[kind][qb]] = tile.start // block
             counts[kind][qb] += 1
 
     def tensor(a: np.ndarray) -> Any:

@@ -601,15 +601,15 @@ def allowed_pairs(pattern: Pattern, length: int, rows: int = 512) -> int:
     """The number of allowed (query, key) pairs of ``pattern`` with ``length`` queries and keys.
 
     ``4 * B * H * D`` times this is the useful work of one call, in flops (two
-    products of ``2 * D`` flops per pair); counted from :meth:`Pattern.allows`
-    over each query block's key range, never an ``L x L`` array.
+    products of ``2 * D`` flops per pair); counted with :meth:`Pattern.allows`
+    over the key range of each query block of :meth:`Pattern.plan_blocks`,
+    never an ``L x L`` array.
     """
     total = 0
-    for start in range(0, length, rows):
-        stop = min(start + rows, length)
-        lo, hi = pattern.key_range(start, stop - 1, length)
-        if lo < hi:
-            p, j = np.arange(start, stop)[:, None], np.arange(lo, hi)[None, :]
+    for block in pattern.plan_blocks(length, length, block_rows=rows):
+        if not block.empty:
+            p = np.arange(block.start, block.stop)[:, None]
+            j = np.arange(block.key_start, block.key_stop)[None, :]
             total += int(np.count_nonzero(pattern.allows(p, j)))
     return total
 
