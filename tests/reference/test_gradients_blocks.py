@@ -57,7 +57,7 @@ def _run(name: str) -> tuple[np.ndarray, ...]:
 def test_small_blocks_give_the_gradients_of_one_block(name: str, rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
     whole = _run(name)  # these sizes fit one block
     monkeypatch.setattr(gradients, "MIN_BLOCK_ROWS", rows)
-    monkeypatch.setattr(gradients, "BLOCK_ELEMENTS", B * HQ * rows)  # blocks of `rows` rows or fewer
+    monkeypatch.setattr(gradients, "BLOCK_ELEMENTS", HQ * rows * LK)  # blocks of about `rows` rows
     blocked = _run(name)
     for a, b in zip(whole, blocked, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
