@@ -13,6 +13,7 @@ import numpy as np
 import attnref
 from attnref import validation
 from attnref.patterns import Pattern
+from attnref_blocked import numerics
 
 QUERY_BLOCK = 64
 
@@ -91,21 +92,15 @@ def _attend(q, k, v, pattern: Pattern, scale, softcap, bias, mask, kv_lengths, q
 
 
 def _softmax_times(s, allowed, values):
-    """``softmax(s) @ values`` over the allowed keys, and the lse; empty rows give 0 and -inf."""
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        masked = np.where(allowed, s, -np.inf)  # select, never multiply: a NaN at a masked key stays out
-        m = masked.max(axis=-1, keepdims=True)
-        m = np.where(m == -np.inf, 0.0, m)  # an empty row (or all -inf) must not compute -inf - -inf
-        e = np.where(allowed, np.exp(masked - m), 0.0)
-        total = e.sum(axis=-1, keepdims=True)
-        P = e / np.where(total == 0, 1.0, total)
-        lse = np.where(total[..., 0] == 0, -np.inf, m[..., 0] + np.log(np.where(total == 0, 1.0, total))[..., 0])
-        finite = np.isfinite(values)
-        out = P @ np.where(finite, values, 0.0)
-        # 0 * nan = nan: put non-finite values back only into the rows allowed to see them.
-        for h, j, c in zip(*np.nonzero(~finite), strict=True):
-            seen = allowed[h, :, j]
-            out[h, seen, c] += P[h, seen, j] * values[h, j, c]
+    """``softmax(s) @ values`` over the allowed keys, and the lse; empty rows give 0 and -inf.
+
+    attnref's own blocked backends share these two steps (``attnref_blocked.numerics``): the softmax
+    selects (a NaN at a masked key stays out), and the weighted sum adds a non-finite value only to
+    the rows allowed to see it (``0 * nan`` would be NaN).
+    """
+    with numerics.quiet(np):
+        P, lse = numerics.masked_softmax(np, s, allowed)
+        out = numerics.weighted_sum(np, P, values, lambda columns: allowed[..., columns])
     return out, lse
 
 
