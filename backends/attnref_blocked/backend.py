@@ -13,13 +13,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from attnref.backend import OPS
-from attnref.dtypes import DTYPE_NAMES, name_of_array
-from attnref.errors import invalid_type, invalid_value
+from attnref.errors import UnsupportedError
 from attnref.patterns import Pattern
-from attnref.validation import AttentionArgs, check_attention, chunk_pattern, full_pattern, window_pattern
+from attnref.validation import (
+    AttentionArgs,
+    check_attention,
+    check_upstream_gradient,
+    chunk_pattern,
+    full_pattern,
+    host_array,
+    window_pattern,
+)
 from attnref_blocked import pooling
 from attnref_blocked.backward import attend_vjp
 from attnref_blocked.forward import attend
@@ -31,50 +36,30 @@ __all__ = ["ArrayBackend", "native"]
 def native(xp: Any, argument: str, value: Any) -> Any:
     """``value`` as an array of ``xp`` (None stays None).
 
-    A PyTorch tensor is taken as data: detached if it requires grad (the
-    gradient of a NumPy or CuPy computation is not tracked) and copied from its
-    device when ``xp`` cannot read it there. A tensor without data (the meta
-    device) or a sparse one is an error naming ``argument``.
+    A PyTorch tensor is taken as data (:func:`attnref.validation.host_array`:
+    detached if it requires grad, copied from its device; a meta-device or
+    sparse tensor is an error naming ``argument``).
     """
     if value is None:
         return None
-    if hasattr(value, "detach") and hasattr(value, "device"):  # a torch tensor, without importing torch
-        value = _tensor_data(xp, argument, value)
+    if type(value).__module__.startswith("torch"):
+        value = host_array(argument, value)
     return xp.asarray(value)
 
 
-def _tensor_data(xp: Any, argument: str, tensor: Any) -> Any:
-    if tensor.device.type == "meta":
-        raise invalid_value(argument, "a tensor on the meta device (it holds no values)", "an array with values")
-    if str(tensor.layout) != "torch.strided":
-        raise invalid_type(argument, f"a {tensor.layout} tensor", "a dense (strided) array")
-    tensor = tensor.detach()
-    if xp is not np and tensor.device.type == "cuda":
-        return tensor  # CuPy reads it in place (__cuda_array_interface__)
-    tensor = tensor.cpu()
-    if str(tensor.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: reinterpret the bits
-        import ml_dtypes
-
-        return tensor.view(dtype=_int16(tensor)).numpy().view(ml_dtypes.bfloat16)
-    return tensor.numpy()
-
-
-def _int16(tensor: Any) -> Any:
-    """torch.int16, found through the tensor's module (torch is never imported here)."""
-    import sys
-
-    return sys.modules[type(tensor).__module__.split(".")[0]].int16
-
-
 def _upstream(xp: Any, argument: str, value: Any, shape: tuple[int, ...]) -> Any:
-    """An upstream gradient (``dout``, ``dlse``): a floating array of exactly ``shape``."""
+    """An upstream gradient (``dout``, ``dlse``), checked as the reference checks it."""
     array = native(xp, argument, value)
-    name = name_of_array(array)
-    if name not in DTYPE_NAMES:
-        raise invalid_type(argument, f"dtype {name}", "a floating dtype: " + ", ".join(DTYPE_NAMES))
-    if tuple(array.shape) != shape:
-        raise invalid_value(argument, f"shape {tuple(array.shape)}", f"shape {shape}, the shape of the forward output")
+    check_upstream_gradient(argument, array, shape)
     return array
+
+
+def _unsupported_yet(sinks: Any, cu_seqlens_q: Any, cu_seqlens_k: Any) -> None:
+    """Sinks and packed sequences are validated like everywhere, but not computed here yet."""
+    if sinks is not None:
+        raise UnsupportedError("sinks", "the blocked backward has no sink term yet")
+    if cu_seqlens_q is not None or cu_seqlens_k is not None:
+        raise UnsupportedError("cu_seqlens_q", "packed sequences are not implemented in the blocked code yet")
 
 
 class ArrayBackend:
@@ -139,56 +124,55 @@ class ArrayBackend:
 
     # -- their gradients -----------------------------------------------------
     def global_attention_vjp(
-        self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, causal: bool = False,
-        scale: float | None = None, softcap: float | None = None, bias: Any = None, mask: Any = None,
-        kv_lengths: Any = None, q_lengths: Any = None, align: str = "bottom_right",
+        self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, causal: Any = False, scale: Any = None,
+        softcap: Any = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None, q_lengths: Any = None,
+        align: Any = "bottom_right", sinks: Any = None, cu_seqlens_q: Any = None, cu_seqlens_k: Any = None,
     ) -> tuple[Any, ...]:  # fmt: skip
         """Gradients of global attention (see :func:`attnref.reference.global_attention_vjp`)."""
         return self._backward(
             q, k, v, dout, full_pattern(causal), dlse=dlse, scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
+            cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     def local_attention_vjp(
-        self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, window: Any,
-        scale: float | None = None, softcap: float | None = None, bias: Any = None, mask: Any = None,
-        kv_lengths: Any = None, q_lengths: Any = None, align: str = "bottom_right",
+        self, q: Any, k: Any, v: Any, dout: Any, *, window: Any, dlse: Any = None, scale: Any = None,
+        softcap: Any = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None, q_lengths: Any = None,
+        align: Any = "bottom_right", sinks: Any = None, cu_seqlens_q: Any = None, cu_seqlens_k: Any = None,
     ) -> tuple[Any, ...]:  # fmt: skip
         """Gradients of sliding-window attention (see :func:`attnref.reference.local_attention_vjp`)."""
         return self._backward(
             q, k, v, dout, window_pattern(window), dlse=dlse, scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
+            cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     def chunked_attention_vjp(
-        self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, chunk_size: int, causal: bool = False,
-        scale: float | None = None, softcap: float | None = None, bias: Any = None, mask: Any = None,
-        kv_lengths: Any = None, q_lengths: Any = None, align: str = "bottom_right",
+        self, q: Any, k: Any, v: Any, dout: Any, *, chunk_size: Any, causal: Any = False, dlse: Any = None,
+        scale: Any = None, softcap: Any = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None,
+        q_lengths: Any = None, align: Any = "bottom_right", sinks: Any = None, cu_seqlens_q: Any = None,
+        cu_seqlens_k: Any = None,
     ) -> tuple[Any, ...]:  # fmt: skip
         """Gradients of chunked attention (see :func:`attnref.reference.chunked_attention_vjp`)."""
         return self._backward(
             q, k, v, dout, chunk_pattern(chunk_size, causal), dlse=dlse, scale=scale, softcap=softcap, bias=bias,
-            mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+            mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, sinks=sinks,
+            cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     # -- the shared steps ----------------------------------------------------
-    def _validate(self, q: Any, k: Any, v: Any, bias: Any, mask: Any, lengths: dict, **options: Any) -> tuple:
-        """Native arrays and the parsed arguments (host lengths converted first: a tensor
-        without data is an error naming its argument)."""
+    def _validate(self, q: Any, k: Any, v: Any, bias: Any, mask: Any, **options: Any) -> tuple:
+        """Native arrays and the parsed arguments (as the reference parses them)."""
         xp = self.namespace()
         named = {"q": q, "k": k, "v": v, "bias": bias, "mask": mask}
         q, k, v, bias, mask = (native(xp, name, a) for name, a in named.items())
-        lengths = {name: _host_lengths(name, value) for name, value in lengths.items()}
-        args = check_attention(q, k, v, bias=bias, mask=mask, **lengths, **options)
+        args = check_attention(q, k, v, bias=bias, mask=mask, **options)
         return xp, q, k, v, bias, mask, args
 
     def _forward(
-        self, q: Any, k: Any, v: Any, pattern: Pattern, *, bias: Any, mask: Any, kv_lengths: Any, q_lengths: Any,
-        return_lse: Any, **options: Any,
-    ) -> Any:  # fmt: skip
-        xp, q, k, v, bias, mask, args = self._validate(
-            q, k, v, bias, mask, {"kv_lengths": kv_lengths, "q_lengths": q_lengths}, return_lse=return_lse, **options
-        )
+        self, q: Any, k: Any, v: Any, pattern: Pattern, *, bias: Any, mask: Any, return_lse: Any, **options: Any
+    ) -> Any:
+        xp, q, k, v, bias, mask, args = self._validate(q, k, v, bias, mask, return_lse=return_lse, **options)
         config = self.block_config(args)
         return self._run(
             lambda: attend(xp, q, k, v, pattern, args, bias=bias, mask=mask, return_lse=bool(return_lse),
@@ -198,14 +182,15 @@ class ArrayBackend:
 
     def _backward(
         self, q: Any, k: Any, v: Any, dout: Any, pattern: Pattern, *, dlse: Any, bias: Any, mask: Any,
-        kv_lengths: Any, q_lengths: Any, **options: Any,
+        sinks: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, **options: Any,
     ) -> tuple[Any, ...]:  # fmt: skip
         xp, q, k, v, bias, mask, args = self._validate(
-            q, k, v, bias, mask, {"kv_lengths": kv_lengths, "q_lengths": q_lengths}, **options
+            q, k, v, bias, mask, sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, **options
         )
-        rows = (args.batch, args.q_heads, args.q_len)
+        rows = (*q.shape[:-1],)
         dout = _upstream(xp, "dout", dout, (*rows, args.value_dim))
         dlse = None if dlse is None else _upstream(xp, "dlse", dlse, rows)
+        _unsupported_yet(sinks, cu_seqlens_q, cu_seqlens_k)
         config = self.block_config(args)
         return self._run(
             lambda: attend_vjp(xp, q, k, v, dout, pattern, args, dlse=dlse, bias=bias, mask=mask, config=config),
@@ -233,12 +218,5 @@ class ArrayBackend:
         h_t, h_s, w_a, v_a, w_p, v_p = (native(xp, name, a) for name, a in named.items())
         return pooling.luong_attention(
             xp, h_t, h_s, score=score, w_a=w_a, v_a=v_a, mode=mode, half_width=half_width,
-            w_p=w_p, v_p=v_p, source_lengths=_host_lengths("source_lengths", source_lengths),
+            w_p=w_p, v_p=v_p, source_lengths=source_lengths,
         )  # fmt: skip
-
-
-def _host_lengths(argument: str, value: Any) -> Any:
-    """Integer lengths as given, except a PyTorch tensor, taken to the host as data first."""
-    if value is not None and hasattr(value, "detach") and hasattr(value, "device"):
-        return _tensor_data(np, argument, value)
-    return value

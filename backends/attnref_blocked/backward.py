@@ -83,22 +83,22 @@ def _run_task(ctx: _Backward, task: Task) -> None:
     b, (h0, h1), (r0, r1), (lo, hi) = task.batch, task.heads, task.rows, task.keys
     hk, rows, n = h1 - h0, r1 - r0, hi - lo
     qb = ctx.q[b, h0 * g : h1 * g, r0:r1].astype(dt).reshape(hk, g * rows, args.head_dim)
+    qb *= dt.type(args.scale)  # scale folded into q: s = k . (scale q), dK = dS0^T (scale q)
     dO = ctx.dout[b, h0 * g : h1 * g, r0:r1].astype(dt).reshape(hk, g, rows, -1)
     user = None if ctx.mask is None else block_of(ctx.mask, task, g)
-    s, dcap = scores(ctx, task, qb, (lo, hi), user, None, transposed=False, scaled=False,
+    s, dcap = scores(ctx, task, qb, (lo, hi), user, None, transposed=False, scaled=True,
                      softcap_grad=args.softcap is not None)  # fmt: skip
     ok = allowed(ctx, task, np.arange(lo, hi), user) if ctx.exact else None  # (hk|1, g|1, rows, n)
-    P, _ = masked_softmax(xp, s.reshape(hk, g, rows, n), ok)
+    P, _ = masked_softmax(xp, s.reshape(hk, g, rows, n), ok, overwrite=True)
     v = ctx.v[b, h0:h1, lo:hi][:, None]  # (hk, 1, n, Dv)
-    dP = xp.matmul(dO, v.swapaxes(-1, -2))  # (hk, g, rows, n)
-    PdP = P * dP
-    if ok is not None:
-        PdP = xp.where(ok, PdP, dt.type(0))
-    dP -= PdP.sum(axis=-1, keepdims=True)
-    del PdP
+    dS = xp.matmul(dO, v.swapaxes(-1, -2))  # dP (hk, g, rows, n), turned into dS in place
+    if ok is None:
+        delta = xp.einsum("...j,...j->...", P, dS)[..., None]  # rowsum(P * dP), no temporary
+    else:
+        delta = xp.where(ok, P * dS, dt.type(0)).sum(axis=-1, keepdims=True)
+    dS -= delta
     if ctx.dlse is not None:
-        dP += ctx.dlse[b, h0 * g : h1 * g, r0:r1].astype(dt).reshape(hk, g, rows, 1)
-    dS = dP
+        dS += ctx.dlse[b, h0 * g : h1 * g, r0:r1].astype(dt).reshape(hk, g, rows, 1)
     dS *= P
     if ok is not None:
         dS = xp.where(ok, dS, dt.type(0))
@@ -110,11 +110,11 @@ def _run_task(ctx: _Backward, task: Task) -> None:
         _add_bias_grad(ctx, task, dS)
     dS = dS.reshape(hk, g * rows, n)
     if dcap is not None:
-        dS = dS * dcap
+        dS *= dcap
         if ok is not None:
             dS = xp.where(ok, dS, dt.type(0))
-    dS *= dt.type(args.scale)
     dq = _product(xp, dS, ctx.k[b, h0:h1, lo:hi], ok)
+    dq *= dt.type(args.scale)
     dk = _product(xp, dS.swapaxes(-1, -2), qb, None if ok is None else ok.swapaxes(-1, -2))
     ctx.dq[b, h0 * g : h1 * g, r0:r1] = dq.reshape(hk * g, rows, -1)
     with ctx.lock:

@@ -162,6 +162,13 @@ def grads_with(build, dtype=np.float64):
     return got, base
 
 
+def close(got, expected) -> None:
+    """Equal up to the rounding of a different summation order (and finite: no NaN leaked)."""
+    assert np.isfinite(got).all()
+    rtol = 1e-5 if got.dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * max(1.0, float(np.abs(expected).max())))
+
+
 def test_nan_key_behind_kv_lengths_reaches_no_gradient():
     def build(q, k, v, dout):
         k[0, :, 10], v[0, :, 11] = np.nan, np.inf
@@ -169,7 +176,8 @@ def test_nan_key_behind_kv_lengths_reaches_no_gradient():
 
     (dq, dk, dv), base = grads_with(build)
     for g, b in zip((dq, dk, dv), base, strict=True):
-        np.testing.assert_array_equal(g, b)  # finite, and exactly what the hidden values do not touch
+        assert np.isfinite(g).all()
+        close(g, b)  # what the hidden values do not touch
     assert np.all(dk[0, :, 10:] == 0) and np.all(dv[0, :, 10:] == 0)
 
 
@@ -182,10 +190,12 @@ def test_nan_value_outside_the_window_reaches_only_the_rows_that_see_it(dtype):
     (dq, dk, dv), (bq, bk, bv) = grads_with(build, dtype)
     sees = np.zeros((12,), dtype=bool)
     sees[:3] = True
-    assert np.isnan(dq[0, 0, sees]).all() and np.array_equal(dq[0, 0, ~sees], bq[0, 0, ~sees])
-    np.testing.assert_array_equal(dq[0, 1], bq[0, 1])  # query head 1 reads kv head 1 only
-    assert np.isnan(dk[0, 0, :3]).all() and np.array_equal(dk[0, 0, 3:], bk[0, 0, 3:])
-    np.testing.assert_array_equal(dv, bv)  # dv_j = sum_i P_ij dout_i: no value enters it
+    assert np.isnan(dq[0, 0, sees]).all()
+    close(dq[0, 0, ~sees], bq[0, 0, ~sees])
+    close(dq[0, 1], bq[0, 1])  # query head 1 reads kv head 1 only
+    assert np.isnan(dk[0, 0, :3]).all()
+    close(dk[0, 0, 3:], bk[0, 0, 3:])
+    close(dv, bv)  # dv_j = sum_i P_ij dout_i: no value enters it
 
 
 def test_nan_dout_row_reaches_only_its_keys_and_padding_rows_are_never_read():
