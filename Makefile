@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.attnref-installed
 
-.PHONY: run test setup clean
+.PHONY: run test setup clean peers
 
 setup: $(STAMP)
 
@@ -24,6 +24,14 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2
+
+# The peer tests: install the `peers` extra (jax, onnx, onnxruntime) and the two outside backends of
+# docs/examples, then run tests/peers (which skip, with the reason, where a peer is absent).
+peers: $(STAMP)
+	$(BIN)/python -m pip install -qq -c constraints.txt -e ".[peers]"
+	$(BIN)/python -m pip install -qq --no-deps --no-build-isolation \
+		-e docs/examples/attnref-jax -e docs/examples/attnref-onnxruntime
+	$(BIN)/python -m pytest tests/peers -q
 
 clean:
 	rm -rf $(VENV)

@@ -38,6 +38,7 @@ from attnref.conformance.randomness import CaseRandom, case_rng
 
 __all__ = [
     "MULTIHEAD_OPS",
+    "GRADIENT_OF",
     "POOLING_OPS",
     "POSITIONAL",
     "DEFAULT_EXAMPLES",
@@ -50,6 +51,8 @@ __all__ = [
 ]
 
 MULTIHEAD_OPS: tuple[str, ...] = ("global_attention", "local_attention", "chunked_attention")
+#: Each gradient op and the forward op it differentiates.
+GRADIENT_OF: dict[str, str] = {f"{op}_vjp": op for op in MULTIHEAD_OPS}
 POOLING_OPS: tuple[str, ...] = ("additive_attention", "luong_attention")
 #: The arguments each op takes by position (the rest go by keyword).
 POSITIONAL: dict[str, tuple[str, ...]] = {
@@ -58,6 +61,7 @@ POSITIONAL: dict[str, tuple[str, ...]] = {
     "chunked_attention": ("q", "k", "v"),
     "additive_attention": ("x", "w_in", "b_in", "w_out"),
     "luong_attention": ("h_t", "h_s"),
+    **{op: ("q", "k", "v", "dout") for op in GRADIENT_OF},
 }
 #: Random cases per op in a default run (``--examples``).
 DEFAULT_EXAMPLES = 8
@@ -125,6 +129,9 @@ class Case:
         """Names of the arrays the op returns for this case, in order."""
         if self.op in POOLING_OPS:
             return ("context", "weights")
+        if self.op in GRADIENT_OF:
+            return ("dq", "dk", "dv", *(("dbias",) if "bias" in self.inputs else ()),
+                    *(("dsinks",) if "sinks" in self.inputs else ()))  # fmt: skip
         return ("out", "lse") if self.options.get("return_lse") is True else ("out",)
 
     def exact(self, name: str) -> bool:
@@ -150,7 +157,7 @@ class Case:
     @property
     def terms(self) -> dict[str, str]:
         """For each output that is a weighted average of an input, that input's name."""
-        return {"out": "v", "context": "h_s" if self.op == "luong_attention" else "x"}
+        return {"out": "v", "context": "h_s" if self.op == "luong_attention" else "x", "dv": "dout"}
 
     def arguments(self, inputs: dict[str, Any], convert: Callable[[np.ndarray], Any]) -> tuple[tuple, dict]:
         """Positional and keyword arguments of the call.
@@ -696,6 +703,10 @@ _NAMED: dict[str, Callable[[], list[Case]]] = {
 
 def named_cases(op: str) -> list[Case]:
     """The named (non-error) edge cases of ``op``."""
+    if op in GRADIENT_OF:
+        from attnref.conformance.gradients import gradient_cases
+
+        return gradient_cases(op)
     return _NAMED[op]()
 
 
@@ -832,6 +843,10 @@ def error_cases(op: str) -> list[Case]:
     """The invalid-input cases of ``op`` (ids start with ``error-``)."""
     if op in MULTIHEAD_OPS:
         return _multihead_errors(op)
+    if op in GRADIENT_OF:
+        from attnref.conformance.gradients import gradient_error_cases
+
+        return gradient_error_cases(op)
     return _additive_errors() if op == "additive_attention" else _luong_errors()
 
 

@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from attnref.conformance.cases import MULTIHEAD_OPS, Case, Host
+from attnref.conformance.cases import GRADIENT_OF, MULTIHEAD_OPS, Case, Host
 from attnref.conformance.layouts import native_layout
 from attnref.conformance.randomness import case_rng
 from attnref.conformance.selection import XfailEntry, find_xfail
-from attnref.conformance.tolerance import GRADIENT_FACTOR, NAIVE_FACTOR, Verdict, judge, unit_roundoff
+from attnref.conformance.tolerance import GRADIENT_FACTOR, NAIVE_FACTOR, Verdict, judge, largest, unit_roundoff
 from attnref.dtypes import DTYPE_NAMES, numpy_dtype
 from attnref.errors import BackendError, BackendNotFoundError, BackendUnavailableError, UnsupportedError
 
@@ -194,11 +194,24 @@ def _moved(case: Case, inputs: dict[str, np.ndarray], dtype: str) -> dict[str, n
     return moved
 
 
+def _sum_to_shape(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``array`` summed over the axes that broadcasting a ``shape`` array to its shape added or stretched."""
+    lead = array.ndim - len(shape)
+    stretched = (lead + n for n, size in enumerate(shape) if size == 1 and array.shape[lead + n] != 1)
+    axes = tuple(range(lead)) + tuple(stretched)
+    return np.asarray(array).sum(axis=axes, keepdims=True).reshape(shape)
+
+
 def _outputs_by_name(case: Case, values: Any, bias_added: bool) -> dict[str, Any]:
+    """The moved run's outputs by name. Its bias carries the score perturbation in the full scores'
+    shape, so its ``dbias`` is summed back to the case's bias shape (the chain rule of the broadcast)."""
     names = list(case.outputs)
     if bias_added and "dbias" not in names and case.op.endswith("_vjp"):
         names.insert(3, "dbias")
-    return dict(zip(names, _as_tuple(values), strict=True))
+    outputs = dict(zip(names, _as_tuple(values), strict=True))
+    if "dbias" in outputs and "bias" in case.inputs:
+        outputs["dbias"] = _sum_to_shape(outputs["dbias"], np.shape(case.inputs["bias"]))
+    return outputs
 
 
 def _reference_runs(case: Case, inputs: dict[str, np.ndarray], dtype: str) -> tuple[tuple, tuple, tuple]:
@@ -335,16 +348,29 @@ def _run_value_case(backend: Any, case: Case, dtype: str, inputs: dict[str, np.n
     except Exception as exc:
         return _with(base, "error", detail=f"to_numpy: {_exception_text(exc)}", trace=traceback.format_exc(limit=-8))
     factor = GRADIENT_FACTOR if case.op.endswith("_vjp") else NAIVE_FACTOR
+    gradient_scale = _gradient_scale(case, inputs, ref)
     verdicts: list[Verdict] = []
     for index, (name, got) in enumerate(zip(names, arrays, strict=True)):
         problem = _check_array(name, got, ref[index], case.output_dtype(name, dtype), exact_dtype=case.exact(name))
         if problem is not None:
             return _with(base, "fail", detail=problem)
-        terms = inputs.get(case.terms.get(name, ""))
+        terms = gradient_scale if gradient_scale is not None else inputs.get(case.terms.get(name, ""))
         verdicts.append(judge(name, got, ref[index], naive[index], dtype, terms, moved[index], factor))
     worst = max(verdicts, key=lambda v: (not v.ok, v.ratio))
     status = "pass" if all(v.ok for v in verdicts) else "fail"
     return _with(base, status, err=worst.err, allowed=worst.allowed, detail=None if worst.ok else worst.detail)
+
+
+def _gradient_scale(case: Case, inputs: dict[str, np.ndarray], ref: tuple) -> np.ndarray | None:
+    """The floor's scale of every gradient of a VJP case: the largest of all its gradients and ``dout``.
+
+    One backward pass accumulates every gradient from the same ``dS = P * (dP - rowsum(dout * out))``
+    and ``dout``, so its honest rounding is of the size of the largest of them, not of each
+    gradient's own (a small ``dk`` can be the difference of large terms). ``None`` for forward ops.
+    """
+    if case.op not in GRADIENT_OF:
+        return None
+    return np.array([max(largest(r) for r in ref), largest(inputs.get("dout"))])
 
 
 def run_case(backend: Any, case: Case, dtype: str, cache: ReferenceCache | None = None) -> Result:
@@ -360,10 +386,13 @@ def run_case(backend: Any, case: Case, dtype: str, cache: ReferenceCache | None 
     cache : ReferenceCache, optional
         Shares the reference runs between backends.
     """
+    # Not run: no parameters (they would build a long case's arrays for nothing).
     if case.op not in backend.ops:
-        return _result(case, dtype, "unsupported", feature=case.op, detail=f"backend does not implement {case.op}")
+        detail = f"backend does not implement {case.op}"
+        return Result(case.op, case.id, dtype, "unsupported", feature=case.op, detail=detail, description=case.note)
     if dtype not in backend.dtypes:
-        return _result(case, dtype, "unsupported", feature=dtype, detail=f"backend does not support {dtype}")
+        detail = f"backend does not support {dtype}"
+        return Result(case.op, case.id, dtype, "unsupported", feature=dtype, detail=detail, description=case.note)
     cache = cache if cache is not None else ReferenceCache()
     inputs = rounded_inputs(case, dtype)
     try:

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from attnref.conformance.cases import Case
+from attnref.conformance.cases import GRADIENT_OF, Case
+from attnref.conformance.gradients import with_upstream
 from attnref.conformance.randomness import CaseRandom, case_rng
 
 __all__ = ["MAX_LENGTH", "MAX_DIM", "config", "random_case", "random_cases"]
@@ -190,7 +191,14 @@ def _luong_case(case_id: str, c: dict[str, Any], rng: CaseRandom) -> Case:
 
 
 def random_case(op: str, seed: int, index: int) -> Case:
-    """The random case ``random-s<seed>-<index>`` of ``op`` (it depends on nothing else)."""
+    """The random case ``random-s<seed>-<index>`` of ``op`` (it depends on nothing else).
+
+    A gradient op's case is its forward op's random case with the same id, plus
+    seeded ``dout`` (and, half the time, ``dlse``).
+    """
+    if op in GRADIENT_OF:
+        forward = random_case(GRADIENT_OF[op], seed, index)
+        return with_upstream(forward, dlse=case_rng(op, seed, index).boolean())
     rng = case_rng(op, seed, index)
     c = config(op, rng)
     case_id = f"random-s{seed}-{index:03d}"

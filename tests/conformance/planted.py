@@ -28,6 +28,7 @@ from attnref.validation import (
     check_additive,
     check_attention,
     check_luong,
+    check_upstream_gradient,
     check_window,
     chunk_pattern,
     full_pattern,
@@ -160,6 +161,50 @@ BUGS: dict[str, Bug] = {
         "local_attention",
         "float64",
         "hidden-nan-k-inf-v-pattern",
+    ),
+    # gradients (issue 14 item 3): each caught by a named gradient case
+    "vjp-dq-no-scale": Bug("dq without the softmax scale", "global_attention_vjp", "float64", "basic"),
+    "vjp-gqa-not-summed": Bug(
+        "dk, dv of a kv head from the last query head of its group, not summed",
+        "local_attention_vjp",
+        "float64",
+        "gqa",
+    ),
+    "vjp-dlse-ignored": Bug("dlse ignored", "chunked_attention_vjp", "float64", "dlse"),
+    "vjp-softcap-chain-dropped": Bug(
+        "the softcap's 1 - tanh^2 dropped from the chain rule", "global_attention_vjp", "float64", "softcap"
+    ),
+    "vjp-dk-dv-swapped": Bug("returns (dq, dv, dk)", "local_attention_vjp", "float64", "basic"),
+    "vjp-dbias-not-summed": Bug(
+        "dbias of a broadcast bias taken from the first batch and head, not summed",
+        "global_attention_vjp",
+        "float64",
+        "bias-broadcast-rows",
+    ),
+    "vjp-window-off-by-one": Bug(
+        "the window's left side one wider in the backward pass only",
+        "local_attention_vjp",
+        "float64",
+        "window-left-edge",
+    ),
+    "vjp-nan-masked-rows": Bug(
+        "fully-masked rows give 0/0 = NaN gradients", "chunked_attention_vjp", "float64", "mask"
+    ),
+    "vjp-16bit-accumulation": Bug(
+        "dk, dv summed over query rows in a running 16-bit sum",
+        "global_attention_vjp",
+        "float16",
+        "long-queries",
+        ("float16", "bfloat16"),
+    ),
+    "vjp-alignment": Bug(
+        "bottom_right treated as top_left in the backward pass",
+        "local_attention_vjp",
+        "float64",
+        "lq-lt-lk-bottom-right",
+    ),
+    "vjp-dout-of-padding-read": Bug(
+        "padding rows read their dout (0 * NaN reaches dv)", "global_attention_vjp", "float64", "q-lengths"
     ),
     # memory layouts (issue 10 item 5)
     "strides-ignored": Bug(
@@ -445,6 +490,110 @@ class ToyBackend:
             if "lse-missing-max" in self.bugs:
                 lse = lse - m_safe
         return out, lse
+
+    # -- gradients -------------------------------------------------------
+    def global_attention_vjp(self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, causal: Any = False,
+                             **options: Any) -> Any:  # fmt: skip
+        return self._vjp(q, k, v, dout, dlse, lambda: full_pattern(causal), **options)
+
+    def local_attention_vjp(self, q: Any, k: Any, v: Any, dout: Any, *, window: Any, dlse: Any = None,
+                            **options: Any) -> Any:  # fmt: skip
+        def pattern() -> Pattern:
+            left, right = check_window(window)
+            if "vjp-window-off-by-one" in self.bugs and left is not None:
+                left += 1
+            return Pattern.window(left, right)
+
+        return self._vjp(q, k, v, dout, dlse, pattern, **options)
+
+    def chunked_attention_vjp(self, q: Any, k: Any, v: Any, dout: Any, *, chunk_size: Any, causal: Any = False,
+                              dlse: Any = None, **options: Any) -> Any:  # fmt: skip
+        return self._vjp(q, k, v, dout, dlse, lambda: chunk_pattern(chunk_size, causal), **options)
+
+    def _vjp(self, q: Any, k: Any, v: Any, dout: Any, dlse: Any, make_pattern: Callable[[], Pattern], *,
+             scale: Any = None, softcap: Any = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None,
+             q_lengths: Any = None, align: Any = "bottom_right") -> Any:  # fmt: skip
+        """The backward pass of FlashAttention-2, one (batch, head) at a time: P recomputed, then
+        ``dS = P * (dP - rowsum(dout * out) + dlse)``, every product selected on the allowed keys."""
+        a = check_attention(q, k, v, scale=scale, softcap=softcap, bias=bias, mask=mask, kv_lengths=kv_lengths,
+                            q_lengths=q_lengths, align=align)  # fmt: skip
+        check_upstream_gradient("dout", dout, (a.batch, a.q_heads, a.q_len, a.value_dim))
+        if dlse is not None:
+            check_upstream_gradient("dlse", dlse, (a.batch, a.q_heads, a.q_len))
+        pattern = make_pattern()
+        io = np.asarray(q).dtype
+        work = _work_dtype(io, frozenset())
+        qc, kc, vc, doc = (np.asarray(x).astype(work) for x in (q, k, v, dout))
+        gl = None if dlse is None or "vjp-dlse-ignored" in self.bugs else np.asarray(dlse).astype(work)
+        bias_full = None if bias is None else np.broadcast_to(np.asarray(bias), a.scores_shape).astype(work)
+        mask_full = None if mask is None else np.broadcast_to(np.asarray(mask), a.scores_shape)
+        dq = np.zeros(qc.shape, work)
+        dk, dv = np.zeros(kc.shape, work), np.zeros(vc.shape, work)
+        dbias = None if bias is None else np.zeros(a.scores_shape, work)
+        offsets = np.zeros(a.batch, np.int64) if "vjp-alignment" in self.bugs else a.offsets()
+        i, j = np.arange(a.q_len)[:, None], np.arange(a.kv_len)[None, :]
+        with np.errstate(all="ignore"):
+            for b in range(a.batch):
+                allowed = np.asarray(pattern.allows(i + offsets[b], j))
+                if a.kv_lengths is not None:
+                    allowed = allowed & (j < a.kv_lengths[b])
+                if a.q_lengths is not None:
+                    allowed = allowed & (i < a.q_lengths[b])
+                for h in range(a.q_heads):
+                    kvh = h // a.group
+                    ok = allowed if mask_full is None else allowed & mask_full[b, h]
+                    raw = (qc[b, h] @ kc[b, kvh].T) * work.type(a.scale)
+                    t = None if softcap is None else np.tanh(raw / work.type(softcap))
+                    s = raw if t is None else work.type(softcap) * t
+                    if bias_full is not None:
+                        s = s + bias_full[b, h]
+                    masked = np.where(ok, s, -np.inf)
+                    m = masked.max(axis=1, keepdims=True)
+                    m = np.where(m == -np.inf, 0, m)
+                    e = np.where(ok, np.exp(masked - m), 0)
+                    total = e.sum(axis=1, keepdims=True)
+                    empty = total == 0
+                    P = np.where(ok & ~empty, e / np.where(empty, 1, total), 0).astype(work)
+                    out = np.where(ok[:, :, None], P[:, :, None] * vc[b, kvh][None], 0).sum(axis=1)
+                    do = np.where(ok.any(axis=1)[:, None], doc[b, h], 0)  # a row with no key never reads its dout
+                    dP = np.where(ok, np.where(ok[:, :, None], do[:, None, :] * vc[b, kvh][None], 0).sum(axis=2), 0)
+                    rows = (do * out).sum(axis=1, keepdims=True)
+                    g = 0 if gl is None else gl[b, h][:, None]
+                    dS = np.where(ok, P * (dP - rows + g), 0).astype(work)
+                    if dbias is not None:
+                        dbias[b, h] = dS
+                    ds = dS if t is None or "vjp-softcap-chain-dropped" in self.bugs else dS * (1 - t * t)
+                    dq_scale = work.type(1 if "vjp-dq-no-scale" in self.bugs else a.scale)
+                    dq[b, h] = dq_scale * np.where(ok[:, :, None], ds[:, :, None] * kc[b, kvh][None], 0).sum(axis=1)
+                    if "vjp-nan-masked-rows" in self.bugs:
+                        dq[b, h] += 0 * (e / total).sum(axis=1, keepdims=True)  # 0 / 0 in a row with no key
+                    dk_terms = work.type(a.scale) * np.where(ok[:, :, None], ds[:, :, None] * qc[b, h][:, None], 0)
+                    dv_terms = np.where(ok[:, :, None], P[:, :, None] * do[:, None, :], 0)
+                    if "vjp-16bit-accumulation" in self.bugs and io.itemsize == 2:  # a running 16-bit sum over rows
+                        dk_h, dv_h = (np.cumsum(t.astype(io), axis=0, dtype=io)[-1] for t in (dk_terms, dv_terms))
+                    else:  # pairwise sums over the rows (a BLAS-like accuracy), selection kept
+                        dk_h, dv_h = (np.ascontiguousarray(np.moveaxis(t, 0, -1)).sum(-1) for t in (dk_terms, dv_terms))
+                    if "vjp-dout-of-padding-read" in self.bugs:
+                        dv_h = P.T @ doc[b, h]  # a plain product: 0 * NaN from a padding row's dout
+                    if "vjp-gqa-not-summed" in self.bugs:
+                        dk[b, kvh], dv[b, kvh] = dk_h, dv_h
+                    else:
+                        dk[b, kvh] += dk_h
+                        dv[b, kvh] += dv_h
+        grads = [dq.astype(io), dk.astype(io), dv.astype(io)]
+        if "vjp-dk-dv-swapped" in self.bugs:
+            grads[1], grads[2] = grads[2], grads[1]
+        if bias is not None:
+            grads.append(self._reduce_bias(dbias, np.shape(bias)).astype(np.asarray(bias).dtype))
+        return tuple(grads)
+
+    def _reduce_bias(self, dbias: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """``dbias`` summed over the axes the bias was broadcast along, in the bias's own shape."""
+        lead = dbias.ndim - len(shape)
+        axes = tuple(range(lead)) + tuple(lead + n for n, size in enumerate(shape) if size == 1)
+        if "vjp-dbias-not-summed" in self.bugs:
+            return dbias[(0,) * lead].reshape(dbias.shape[lead:])[tuple(slice(0, n) for n in shape)]
+        return dbias.sum(axis=axes, keepdims=True).reshape(shape)
 
     # -- pooling ops -----------------------------------------------------
     def additive_attention(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from planted import BUGS, ToyBackend
 
+from attnref.backend import OPS
 from attnref.conformance.cases import catalogue
 from attnref.conformance.runner import ReferenceCache, Target, run_case, run_suite
 from attnref.dtypes import DTYPE_NAMES
@@ -14,7 +15,8 @@ _CACHE = ReferenceCache()  # the reference runs are shared by every planted back
 
 def test_there_are_many_classes_of_bug() -> None:
     assert len(BUGS) >= 30
-    assert len({bug.op for bug in BUGS.values()}) == 5
+    assert len({bug.op for bug in BUGS.values()}) == len(OPS)
+    assert sum(bug.op.endswith("_vjp") for bug in BUGS.values()) >= 10
 
 
 @pytest.mark.parametrize("name", sorted(BUGS))
