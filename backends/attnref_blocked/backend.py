@@ -54,10 +54,8 @@ def _upstream(xp: Any, argument: str, value: Any, shape: tuple[int, ...]) -> Any
     return array
 
 
-def _unsupported_yet(sinks: Any, cu_seqlens_q: Any, cu_seqlens_k: Any) -> None:
-    """Sinks and packed sequences are validated like everywhere, but not computed here yet."""
-    if sinks is not None:
-        raise UnsupportedError("sinks", "the blocked backward has no sink term yet")
+def _unsupported_yet(cu_seqlens_q: Any, cu_seqlens_k: Any) -> None:
+    """Packed sequences are validated like everywhere, but not computed here yet."""
     if cu_seqlens_q is not None or cu_seqlens_k is not None:
         raise UnsupportedError("cu_seqlens_q", "packed sequences are not implemented in the blocked code yet")
 
@@ -190,12 +188,16 @@ class ArrayBackend:
         rows = (*q.shape[:-1],)
         dout = _upstream(xp, "dout", dout, (*rows, args.value_dim))
         dlse = None if dlse is None else _upstream(xp, "dlse", dlse, rows)
-        _unsupported_yet(sinks, cu_seqlens_q, cu_seqlens_k)
+        _unsupported_yet(cu_seqlens_q, cu_seqlens_k)
+        sinks = native(xp, "sinks", sinks)
         config = self.block_config(args)
-        return self._run(
-            lambda: attend_vjp(xp, q, k, v, dout, pattern, args, dlse=dlse, bias=bias, mask=mask, config=config),
-            config,
-        )
+
+        def kernel() -> tuple[Any, ...]:
+            return attend_vjp(
+                xp, q, k, v, dout, pattern, args, dlse=dlse, bias=bias, mask=mask, sinks=sinks, config=config
+            )
+
+        return self._run(kernel, config)
 
     # -- pooling ops -------------------------------------------------------
     def additive_attention(
