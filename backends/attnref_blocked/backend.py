@@ -18,13 +18,15 @@ from attnref.patterns import Pattern
 from attnref.validation import (
     AttentionArgs,
     check_attention,
+    check_merge,
+    check_paged,
     check_upstream_gradient,
     chunk_pattern,
     full_pattern,
     host_array,
     window_pattern,
 )
-from attnref_blocked import packed, pooling
+from attnref_blocked import packed, paged, pooling
 from attnref_blocked.backward import attend_vjp
 from attnref_blocked.forward import attend
 from attnref_blocked.plan import BlockConfig
@@ -198,6 +200,34 @@ class ArrayBackend:
             )
 
         return self._run(lambda: packed.vjp_by_sequence(xp, q, k, v, dout, dlse, sinks, args, kernel), config)
+
+    # -- paged KV cache, merged states -------------------------------------------
+    def paged_attention(
+        self, q: Any, k_cache: Any, v_cache: Any, *, block_table: Any, cache_seqlens: Any, causal: bool = False,
+        window: Any = None, scale: float | None = None, softcap: float | None = None, sinks: Any = None,
+        align: str = "bottom_right", return_lse: bool = False,
+    ) -> Any:  # fmt: skip
+        """Attention over a paged KV cache (see :func:`attnref.reference.paged_attention`)."""
+        xp = self.namespace()
+        named = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "sinks": sinks}
+        q, k_cache, v_cache, sinks = (native(xp, name, a) for name, a in named.items())
+        paged_args = check_paged(
+            q, k_cache, v_cache, block_table=block_table, cache_seqlens=cache_seqlens, causal=causal,
+            window=window, scale=scale, softcap=softcap, sinks=sinks, align=align, return_lse=return_lse,
+        )  # fmt: skip
+        config = self.block_config(paged_args.attention)
+
+        def kernel(q: Any, k: Any, v: Any, args: AttentionArgs) -> tuple[Any, Any]:
+            return attend(xp, q, k, v, paged_args.pattern, args, bias=None, mask=None, return_lse=True, config=config)
+
+        out, lse = self._run(lambda: paged.paged_attention(xp, q, k_cache, v_cache, paged_args, kernel), config)
+        return (out, lse) if return_lse else out
+
+    def merge_attention_states(self, outs: Any, lses: Any) -> tuple[Any, Any]:
+        """Merge partial attention states (see :func:`attnref.reference.merge_attention_states`)."""
+        xp = self.namespace()
+        outs, lses = native(xp, "outs", outs), native(xp, "lses", lses)
+        return paged.merge_states(xp, outs, lses, check_merge(outs, lses))
 
     # -- pooling ops -------------------------------------------------------
     def additive_attention(

@@ -682,3 +682,42 @@ def test_packed_sequences_match_reference(op, kwargs, dtype):
         np.testing.assert_allclose(
             g, r, rtol=1e-9 if dtype == "float64" else 2e-4, atol=1e-9 if dtype == "float64" else 2e-4
         )
+
+
+# -- paged KV cache, merged states (contract sections 9 and 10) --------------------
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"causal": True}, {"window": (3, 0), "softcap": 2.0}, {"window": 2, "sinks": np.array([0.3, -1.0, 2.0, 0.0])}],
+)
+def test_paged_attention_matches_reference(kwargs, dtype):
+    """Shared blocks (prefix caching), unused table entries of any value, an empty sequence."""
+    rng = np.random.default_rng(31)
+    dt = numpy_dtype(dtype)
+    k_cache, v_cache = rng.standard_normal((10, 4, 2, 8)).astype(dt), rng.standard_normal((10, 4, 2, 6)).astype(dt)
+    k_cache[9] = np.nan  # a block no sequence uses: must never be read
+    q = rng.standard_normal((3, 4, 3, 8)).astype(dt)
+    table = np.array([[2, 5, 7, -1], [2, 0, 1, 3], [-1, -1, -1, -1]])
+    lengths = np.array([10, 16, 0])
+    check_multihead(
+        TINY, "paged_attention", dtype, q, k_cache, v_cache, block_table=table, cache_seqlens=lengths, **kwargs
+    )
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
+def test_merge_attention_states_matches_reference(dtype):
+    rng = np.random.default_rng(32)
+    dt = numpy_dtype(dtype)
+    outs = rng.standard_normal((3, 2, 5, 4)).astype(dt)
+    lses = (3 * rng.standard_normal((3, 2, 5))).astype(dt)
+    lses[1, 0, 0] = -np.inf
+    outs[1, 0, 0] = np.nan  # weight exactly 0: must not leak
+    lses[:, 1, 1] = -np.inf  # every part empty: 0 and -inf
+    lses[2, 1, 2] = np.nan  # poisons its position
+    got = TINY.merge_attention_states(outs, lses)
+    ref = reference.merge_attention_states(outs, lses)
+    naive = reference.merge_attention_states(outs, lses, precision=dtype)
+    assert got[0].dtype == dt and got[1].dtype == dt
+    assert_conforms(got[0], ref[0], naive[0], dtype, finite_max(outs), "out")
+    assert_conforms(got[1], ref[1], naive[1], dtype, max(1.0, finite_max(ref[1])), "lse")
+    assert np.isfinite(got[0][0, 0]).all() and np.all(got[0][1, 1] == 0) and np.isnan(got[1][1, 2])
