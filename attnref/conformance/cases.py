@@ -62,6 +62,8 @@ POSITIONAL: dict[str, tuple[str, ...]] = {
     "additive_attention": ("x", "w_in", "b_in", "w_out"),
     "luong_attention": ("h_t", "h_s"),
     **{op: ("q", "k", "v", "dout") for op in GRADIENT_OF},
+    "paged_attention": ("q", "k_cache", "v_cache"),
+    "merge_attention_states": ("outs", "lses"),
 }
 #: Random cases per op in a default run (``--examples``).
 DEFAULT_EXAMPLES = 8
@@ -129,6 +131,8 @@ class Case:
         """Names of the arrays the op returns for this case, in order."""
         if self.op in POOLING_OPS:
             return ("context", "weights")
+        if self.op == "merge_attention_states":
+            return ("out", "lse")
         if self.op in GRADIENT_OF:
             return ("dq", "dk", "dv", *(("dbias",) if "bias" in self.inputs else ()),
                     *(("dsinks",) if "sinks" in self.inputs else ()))  # fmt: skip
@@ -157,7 +161,8 @@ class Case:
     @property
     def terms(self) -> dict[str, str]:
         """For each output that is a weighted average of an input, that input's name."""
-        return {"out": "v", "context": "h_s" if self.op == "luong_attention" else "x", "dv": "dout"}
+        values = {"paged_attention": "v_cache", "merge_attention_states": "outs"}.get(self.op, "v")
+        return {"out": values, "context": "h_s" if self.op == "luong_attention" else "x", "dv": "dout"}
 
     def arguments(self, inputs: dict[str, Any], convert: Callable[[np.ndarray], Any]) -> tuple[tuple, dict]:
         """Positional and keyword arguments of the call.
@@ -232,7 +237,7 @@ def _mha(
     }
     if extra is not None:
         for name, value in extra(rng, d).items():
-            (inputs if name in ("q", "k", "v", "bias") else options)[name] = value
+            (inputs if name in ("q", "k", "v", "bias", "sinks") else options)[name] = value
     options.setdefault("return_lse", True)
     return Case(op, case_id, inputs, options, note=note)
 
@@ -339,9 +344,38 @@ def _shared_multihead(op: str) -> list[Case]:
         _mha(op, "nan-q", "a NaN in q reaches exactly its row", extra=_nan_query, **p),
         _mha(op, "nan-beyond-lengths", "NaN and inf in k, v past kv_lengths never leak", Dims(Lq=6, Lk=8),
              extra=_nan_beyond_lengths, **p),
+        *_sink_cases(op),
         *_long_cases(op),
         *_layout_cases(op),
         *_hidden_nonfinite_cases(op),
+    ]
+    # fmt: on
+
+
+def _sinks(values: tuple[float, ...] | None = None) -> Extra:
+    def extra(rng: CaseRandom, d: Dims) -> dict[str, Any]:
+        sinks = rng.standard_normal(d.Hq) * 2.0
+        if values is not None:
+            sinks[: len(values)] = values
+        return {"sinks": sinks}
+
+    return extra
+
+
+def _sink_cases(op: str) -> list[Case]:
+    """Learned sinks (contract section 7): a virtual key with no value, never scaled, capped or masked."""
+    p = TYPICAL_PATTERN[op]
+    # fmt: off
+    return [
+        _mha(op, "sinks", "one sink logit per head, scale 0.5: unscaled, in the lse", extra=_sinks(), scale=0.5, **p),
+        _mha(op, "sinks-softcap", "sinks are never softcapped", magnitude=2.0, extra=_sinks(), softcap=0.7, **p),
+        _mha(op, "sinks-empty-rows", "rows with no allowed key: out 0, lse = the sink",
+             extra=lambda rng, d: {**_mask_with_empty_rows(rng, d), **_sinks()(rng, d)}, **p),
+        _mha(op, "sinks-padding-rows", "padding rows stay out: out 0, lse -inf, sink or not", extra=_sinks(),
+             q_lengths=np.array([6, 3]), **p),
+        _mha(op, "sinks-neg-inf", "a -inf sink is no sink", extra=_sinks((-np.inf,)), **p),
+        replace(_mha(op, "sinks-other-dtype", "sinks in another floating dtype than q", extra=_sinks(), **p),
+                other_dtype=("sinks",)),
     ]
     # fmt: on
 
@@ -707,6 +741,10 @@ def named_cases(op: str) -> list[Case]:
         from attnref.conformance.gradients import gradient_cases
 
         return gradient_cases(op)
+    if op in ("paged_attention", "merge_attention_states"):
+        from attnref.conformance.states import state_cases
+
+        return state_cases(op)
     return _NAMED[op]()
 
 
@@ -847,6 +885,10 @@ def error_cases(op: str) -> list[Case]:
         from attnref.conformance.gradients import gradient_error_cases
 
         return gradient_error_cases(op)
+    if op in ("paged_attention", "merge_attention_states"):
+        from attnref.conformance.states import state_error_cases
+
+        return state_error_cases(op)
     return _additive_errors() if op == "additive_attention" else _luong_errors()
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from attnref.conformance.cases import GRADIENT_OF, Case, Dims, _additive, _luong, _mha
 from attnref.conformance.gradients import with_upstream
+from attnref.conformance.states import _merge, _paged, _paged_options
 
 __all__ = ["LONG_CASES", "LazyInputs", "long_cases"]
 
@@ -124,6 +125,19 @@ def long_cases(op: str) -> list[Case]:
         options = {"window": (1024, 1024), "center": np.array([1500, 2**18 - 7])}
         return [_lazy(lambda: _additive("long-window-2p18", note, B=2, L=2**18, Din=8, Dh=8, **options),
                       "long-window-2p18", op, note, options)]  # fmt: skip
+    if op == "paged_attention":
+        note = "4 queries against 2**20 cached keys in 4096 blocks of 256, window (65535, 0)"
+        sizes = {"seqlens": (2**20,), "block_size": 256, "max_blocks": 4096, "num_blocks": 4096}
+
+        def build_paged() -> Case:
+            return _paged("long-decode-2p20", note, Lq=4, Hq=2, Hkv=1, D=16, Dv=8, **sizes, window=(65535, 0))
+
+        options = _paged_options("long-decode-2p20", **sizes, window=(65535, 0))
+        return [_lazy(build_paged, "long-decode-2p20", op, note, options)]
+    if op == "merge_attention_states":
+        note = "4 parts at 2**20 positions, lses spread over +-30"
+        build = lambda: _merge("long-2p20", note, parts=4, shape=(2**20,), Dv=8, spread=30.0)  # noqa: E731
+        return [_lazy(build, "long-2p20", op, note, {})]
     note = "16 target steps on 2**20 source positions, local-m D = 64"
     options = {"score": "general", "mode": "local-m", "half_width": 64}
     build = lambda: _luong("long-local-m-2p20", note, B=1, T=16, S=2**20, d=8, **options)  # noqa: E731

@@ -28,6 +28,8 @@ from attnref.validation import (
     check_additive,
     check_attention,
     check_luong,
+    check_merge,
+    check_paged,
     check_upstream_gradient,
     check_window,
     chunk_pattern,
@@ -206,6 +208,24 @@ BUGS: dict[str, Bug] = {
     "vjp-dout-of-padding-read": Bug(
         "padding rows read their dout (0 * NaN reaches dv)", "global_attention_vjp", "float64", "q-lengths"
     ),
+    # sinks, paged KV caches, merged states (issue 11 item 4)
+    "sink-scaled": Bug("the sink logit multiplied by the softmax scale", "global_attention", "float64", "sinks"),
+    "lse-without-sink": Bug("lse returned without the sink's term", "local_attention", "float64", "sinks"),
+    "paged-table-modulo": Bug(
+        "key t read from table column t % max_blocks, slot t // max_blocks", "paged_attention", "float64", "basic"
+    ),
+    "paged-seqlens-ignored": Bug(
+        "every slot of the table read, cache_seqlens ignored", "paged_attention", "float64", "partial-block"
+    ),
+    "paged-sink-softcapped": Bug("the sink softcapped like a score", "paged_attention", "float64", "sinks-softcap"),
+    "merge-no-max-shift": Bug("exp(lses) without the max shift", "merge_attention_states", "float64", "large-lse"),
+    "merge-neg-inf-leak": Bug(
+        "a part with lse -inf multiplied by its weight 0 (NaN outs leak)",
+        "merge_attention_states",
+        "float64",
+        "neg-inf-part",
+    ),
+    "merge-empty-nan": Bug("every part empty: 0 / 0 = NaN output", "merge_attention_states", "float64", "all-neg-inf"),
     # memory layouts (issue 10 item 5)
     "strides-ignored": Bug(
         "reads memory in storage order as if C-contiguous (ignores strides)",
@@ -316,6 +336,7 @@ class ToyBackend:
         q_lengths: Any = None,
         align: Any = "bottom_right",
         return_lse: Any = False,
+        sinks: Any = None,
         chunk: bool = False,
     ) -> Any:
         given = {"bias": bias, "softcap": softcap, "mask": mask, "kv_lengths": kv_lengths, "q_lengths": q_lengths}
@@ -341,6 +362,7 @@ class ToyBackend:
                 q_lengths=q_lengths,
                 align=align,
                 return_lse=return_lse,
+                sinks=sinks,
             )
         except ValueError as exc:
             if "error-unnamed" in self.bugs:
@@ -393,7 +415,14 @@ class ToyBackend:
                     if bias_full is not None:
                         s = s + bias_full[b, h]
                     ok = allowed
-                o, l_ = self._online_softmax(s, ok, vc[b, kvh], work, q.dtype)
+                sink = None
+                if a.sinks is not None:
+                    value = a.sinks[h] * (s_scale if "sink-scaled" in self.bugs else 1.0)
+                    if "paged-sink-softcapped" in self.bugs and softcap is not None:
+                        value = softcap * np.tanh(value / softcap)
+                    padding = np.zeros(a.q_len, bool) if a.q_lengths is None else np.arange(a.q_len) >= a.q_lengths[b]
+                    sink = np.where(padding, -np.inf, value)  # padding rows stay outside the sequence
+                o, l_ = self._online_softmax(s, ok, vc[b, kvh], work, q.dtype, sink)
                 out[b, h] = o.astype(q.dtype)
                 lse[b, h] = l_.astype(lse_dtype)
         if "dtype-upcast" in self.bugs and q.dtype.itemsize == 2:
@@ -429,8 +458,10 @@ class ToyBackend:
             s = s + bias
         return s.astype(work)
 
-    def _online_softmax(self, s: np.ndarray, ok: np.ndarray, v: np.ndarray, work: np.dtype, io: np.dtype):
-        """Flash-style: one pass over key blocks, rescaling the running sums (``io``: the input dtype)."""
+    def _online_softmax(self, s: np.ndarray, ok: np.ndarray, v: np.ndarray, work: np.dtype, io: np.dtype,
+                        sink: np.ndarray | None = None):  # fmt: skip
+        """Flash-style: one pass over key blocks, rescaling the running sums (``io``: the input dtype).
+        A sink logit per row starts the running max and sum: a key with no value."""
         denominator = io if "fp16-denominator" in self.bugs and io.itemsize == 2 else work
         rows = s.shape[0]
         block = SHORT_KEY_BLOCK if s.shape[1] <= 32 else LONG_KEY_BLOCK
@@ -439,6 +470,9 @@ class ToyBackend:
             starts = starts[:-1]
         m = np.full(rows, -np.inf, dtype=work)
         total = np.zeros(rows, dtype=denominator)
+        if sink is not None:
+            m = sink.astype(work)
+            total = np.where(sink == -np.inf, 0, 1).astype(denominator)  # exp(sink - sink), or no sink
         acc = np.zeros((rows, v.shape[1]), dtype=work)
         seen = np.zeros(rows, dtype=bool)
         with np.errstate(all="ignore"):
@@ -485,11 +519,58 @@ class ToyBackend:
             else:
                 out = np.where(empty[:, None], work.type(0), acc / np.where(empty, 1, total)[:, None])
             lse = np.where(empty, -np.inf, m_safe + np.log(np.where(empty, 1, total)))
+            if "lse-without-sink" in self.bugs and sink is not None:
+                lse = m_safe + np.log(total - np.exp(sink - m_safe))
             if "empty-lse-zero" in self.bugs:
                 lse = np.where(empty, 0.0, lse)
             if "lse-missing-max" in self.bugs:
                 lse = lse - m_safe
         return out, lse
+
+    # -- paged KV cache and merged states ---------------------------------
+    def paged_attention(self, q: Any, k_cache: Any, v_cache: Any, *, block_table: Any, cache_seqlens: Any,
+                        causal: Any = False, window: Any = None, scale: Any = None, softcap: Any = None,
+                        sinks: Any = None, align: Any = "bottom_right", return_lse: Any = False) -> Any:  # fmt: skip
+        """Gather each sequence's keys through the table, then dense attention with ``kv_lengths``."""
+        pa = check_paged(q, k_cache, v_cache, block_table=block_table, cache_seqlens=cache_seqlens, causal=causal,
+                         window=window, scale=scale, softcap=softcap, sinks=sinks, align=align,
+                         return_lse=return_lse)  # fmt: skip
+        max_blocks = pa.block_table.shape[1]
+        t = np.arange(max_blocks * pa.block_size)
+        columns, slots = t // pa.block_size, t % pa.block_size
+        if "paged-table-modulo" in self.bugs:
+            columns, slots = t % max_blocks, t // max_blocks
+        blocks = np.maximum(pa.block_table[:, columns], 0)  # unused entries (-1) lie past every length
+        k = np.moveaxis(np.asarray(k_cache)[blocks, slots], 2, 1)  # (B, Hkv, slots, D)
+        v = np.moveaxis(np.asarray(v_cache)[blocks, slots], 2, 1)
+        lengths = None if "paged-seqlens-ignored" in self.bugs else pa.cache_seqlens
+        return self._multihead(q, k, v, lambda: pa.pattern, scale=scale, softcap=softcap, sinks=sinks,
+                               kv_lengths=lengths, align=align, return_lse=return_lse)  # fmt: skip
+
+    def merge_attention_states(self, outs: Any, lses: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The max-shifted merge, parts with lse -inf selected away."""
+        check_merge(outs, lses)
+        outs, lses = np.asarray(outs), np.asarray(lses)
+        work = np.float64 if outs.dtype == np.float64 else np.float32
+        o, lse_n = outs.astype(work), lses.astype(work)
+        with np.errstate(all="ignore"):
+            m = lse_n.max(axis=0)
+            m = np.where(m == -np.inf, 0, m)
+            if "merge-no-max-shift" in self.bugs:
+                m = np.zeros_like(m)
+            w = np.exp(lse_n - m)
+            if "merge-neg-inf-leak" in self.bugs:
+                weighted = (w[..., None] * o).sum(axis=0)
+            else:
+                weighted = np.where((lse_n > -np.inf)[..., None], w[..., None] * o, 0).sum(axis=0)
+            total = w.sum(axis=0)
+            empty = total == 0
+            if "merge-empty-nan" in self.bugs:
+                out = weighted / total[..., None]
+            else:
+                out = np.where(empty[..., None], 0, weighted / np.where(empty, 1, total)[..., None])
+            lse = np.where(empty, -np.inf, m + np.log(np.where(empty, 1, total)))
+        return out.astype(outs.dtype), lse.astype(lses.dtype)
 
     # -- gradients -------------------------------------------------------
     def global_attention_vjp(self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, causal: Any = False,
