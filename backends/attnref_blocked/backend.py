@@ -14,18 +14,19 @@ from collections.abc import Callable
 from typing import Any
 
 from attnref.backend import OPS
-from attnref.errors import UnsupportedError
 from attnref.patterns import Pattern
 from attnref.validation import (
     AttentionArgs,
     check_attention,
+    check_merge,
+    check_paged,
     check_upstream_gradient,
     chunk_pattern,
     full_pattern,
     host_array,
     window_pattern,
 )
-from attnref_blocked import pooling
+from attnref_blocked import packed, paged, pooling
 from attnref_blocked.backward import attend_vjp
 from attnref_blocked.forward import attend
 from attnref_blocked.plan import BlockConfig
@@ -52,12 +53,6 @@ def _upstream(xp: Any, argument: str, value: Any, shape: tuple[int, ...]) -> Any
     array = native(xp, argument, value)
     check_upstream_gradient(argument, array, shape)
     return array
-
-
-def _unsupported_yet(cu_seqlens_q: Any, cu_seqlens_k: Any) -> None:
-    """Packed sequences are validated like everywhere, but not computed here yet."""
-    if cu_seqlens_q is not None or cu_seqlens_k is not None:
-        raise UnsupportedError("cu_seqlens_q", "packed sequences are not implemented in the blocked code yet")
 
 
 class ArrayBackend:
@@ -90,34 +85,40 @@ class ArrayBackend:
     def global_attention(
         self, q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,
         softcap: float | None = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None,
-        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False,
+        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False, sinks: Any = None,
+        cu_seqlens_q: Any = None, cu_seqlens_k: Any = None,
     ) -> Any:  # fmt: skip
         """Global attention (see :func:`attnref.reference.global_attention`)."""
         return self._forward(
             q, k, v, full_pattern(causal), scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
+            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse, sinks=sinks,
+            cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     def local_attention(
         self, q: Any, k: Any, v: Any, *, window: Any, scale: float | None = None,
         softcap: float | None = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None,
-        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False,
+        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False, sinks: Any = None,
+        cu_seqlens_q: Any = None, cu_seqlens_k: Any = None,
     ) -> Any:  # fmt: skip
         """Sliding-window attention (see :func:`attnref.reference.local_attention`)."""
         return self._forward(
             q, k, v, window_pattern(window), scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
+            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse, sinks=sinks,
+            cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     def chunked_attention(
         self, q: Any, k: Any, v: Any, *, chunk_size: int, causal: bool = False, scale: float | None = None,
         softcap: float | None = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None,
-        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False,
+        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False, sinks: Any = None,
+        cu_seqlens_q: Any = None, cu_seqlens_k: Any = None,
     ) -> Any:  # fmt: skip
         """Chunked attention (see :func:`attnref.reference.chunked_attention`)."""
         return self._forward(
             q, k, v, chunk_pattern(chunk_size, causal), scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
+            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse, sinks=sinks,
+            cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     # -- their gradients -----------------------------------------------------
@@ -168,36 +169,65 @@ class ArrayBackend:
         return xp, q, k, v, bias, mask, args
 
     def _forward(
-        self, q: Any, k: Any, v: Any, pattern: Pattern, *, bias: Any, mask: Any, return_lse: Any, **options: Any
-    ) -> Any:
-        xp, q, k, v, bias, mask, args = self._validate(q, k, v, bias, mask, return_lse=return_lse, **options)
-        config = self.block_config(args)
-        return self._run(
-            lambda: attend(xp, q, k, v, pattern, args, bias=bias, mask=mask, return_lse=bool(return_lse),
-                           config=config),
-            config,
+        self, q: Any, k: Any, v: Any, pattern: Pattern, *, bias: Any, mask: Any, return_lse: Any, sinks: Any,
+        **options: Any,
+    ) -> Any:  # fmt: skip
+        xp, q, k, v, bias, mask, args = self._validate(
+            q, k, v, bias, mask, return_lse=return_lse, sinks=sinks, **options
         )  # fmt: skip
+        config = self.block_config(args)
+
+        def kernel(q: Any, k: Any, v: Any, args: AttentionArgs) -> tuple[Any, Any]:
+            return attend(xp, q, k, v, pattern, args, bias=bias, mask=mask, return_lse=True, config=config)
+
+        out, lse = self._run(lambda: packed.by_sequence(xp, q, k, v, args, kernel), config)
+        return (out, lse) if return_lse else out
 
     def _backward(
         self, q: Any, k: Any, v: Any, dout: Any, pattern: Pattern, *, dlse: Any, bias: Any, mask: Any,
-        sinks: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, **options: Any,
+        sinks: Any, **options: Any,
     ) -> tuple[Any, ...]:  # fmt: skip
-        xp, q, k, v, bias, mask, args = self._validate(
-            q, k, v, bias, mask, sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, **options
-        )
+        xp, q, k, v, bias, mask, args = self._validate(q, k, v, bias, mask, sinks=sinks, **options)
         rows = (*q.shape[:-1],)
         dout = _upstream(xp, "dout", dout, (*rows, args.value_dim))
         dlse = None if dlse is None else _upstream(xp, "dlse", dlse, rows)
-        _unsupported_yet(cu_seqlens_q, cu_seqlens_k)
         sinks = native(xp, "sinks", sinks)
         config = self.block_config(args)
 
-        def kernel() -> tuple[Any, ...]:
+        def kernel(q: Any, k: Any, v: Any, dout: Any, dlse: Any, args: AttentionArgs) -> tuple[Any, ...]:
             return attend_vjp(
                 xp, q, k, v, dout, pattern, args, dlse=dlse, bias=bias, mask=mask, sinks=sinks, config=config
             )
 
-        return self._run(kernel, config)
+        return self._run(lambda: packed.vjp_by_sequence(xp, q, k, v, dout, dlse, sinks, args, kernel), config)
+
+    # -- paged KV cache, merged states -------------------------------------------
+    def paged_attention(
+        self, q: Any, k_cache: Any, v_cache: Any, *, block_table: Any, cache_seqlens: Any, causal: bool = False,
+        window: Any = None, scale: float | None = None, softcap: float | None = None, sinks: Any = None,
+        align: str = "bottom_right", return_lse: bool = False,
+    ) -> Any:  # fmt: skip
+        """Attention over a paged KV cache (see :func:`attnref.reference.paged_attention`)."""
+        xp = self.namespace()
+        named = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "sinks": sinks}
+        q, k_cache, v_cache, sinks = (native(xp, name, a) for name, a in named.items())
+        paged_args = check_paged(
+            q, k_cache, v_cache, block_table=block_table, cache_seqlens=cache_seqlens, causal=causal,
+            window=window, scale=scale, softcap=softcap, sinks=sinks, align=align, return_lse=return_lse,
+        )  # fmt: skip
+        config = self.block_config(paged_args.attention)
+
+        def kernel(q: Any, k: Any, v: Any, args: AttentionArgs) -> tuple[Any, Any]:
+            return attend(xp, q, k, v, paged_args.pattern, args, bias=None, mask=None, return_lse=True, config=config)
+
+        out, lse = self._run(lambda: paged.paged_attention(xp, q, k_cache, v_cache, paged_args, kernel), config)
+        return (out, lse) if return_lse else out
+
+    def merge_attention_states(self, outs: Any, lses: Any) -> tuple[Any, Any]:
+        """Merge partial attention states (see :func:`attnref.reference.merge_attention_states`)."""
+        xp = self.namespace()
+        outs, lses = native(xp, "outs", outs), native(xp, "lses", lses)
+        return paged.merge_states(xp, outs, lses, check_merge(outs, lses))
 
     # -- pooling ops -------------------------------------------------------
     def additive_attention(

@@ -92,9 +92,10 @@ def _run_task(ctx: _Backward, task: Task) -> None:
     s, dcap = scores(ctx, task, qb, (lo, hi), user, None, transposed=False, scaled=True,
                      softcap_grad=args.softcap is not None)  # fmt: skip
     ok = allowed(ctx, task, np.arange(lo, hi), user) if ctx.exact else None  # (hk|1, g|1, rows, n)
-    P, lse = masked_softmax(xp, s.reshape(hk, g, rows, n), ok, overwrite=True)
-    if ctx.sinks is not None:
-        P, p_sink = _with_sink(xp, P, lse, ctx.sinks[h0 * g : h1 * g].reshape(hk, g, 1))
+    sink = None if ctx.sinks is None else ctx.sinks[h0 * g : h1 * g].reshape(hk, g, 1, 1)
+    P, lse = masked_softmax(xp, s.reshape(hk, g, rows, n), ok, sink=sink, overwrite=True)
+    if sink is not None:  # the sink's weight exp(sinks[h] - lse_i); exactly 0 for a -inf sink
+        p_sink = xp.where(sink[..., 0] == NEG_INF, dt.type(0), xp.exp(sink[..., 0] - lse))
     v = ctx.v[b, h0:h1, lo:hi][:, None]  # (hk, 1, n, Dv)
     dS = xp.matmul(dO, v.swapaxes(-1, -2))  # dP (hk, g, rows, n), turned into dS in place
     if ok is None:
@@ -127,21 +128,6 @@ def _run_task(ctx: _Backward, task: Task) -> None:
     with ctx.lock:
         ctx.dk[b, h0:h1, lo:hi] += dk
         ctx.dv[b, h0:h1, lo:hi] += dv
-
-
-def _with_sink(xp: Any, P: Any, lse: Any, sink: Any) -> tuple[Any, Any]:
-    """The weights with the sink as one more, always allowed key (contract section 7).
-
-    ``P (hk, g, rows, n)`` and ``lse (hk, g, rows)`` are over the keys only;
-    with ``lse' = log(exp(sink) + exp(lse))``, the keys' weights become
-    ``P exp(lse - lse')`` and the sink's ``exp(sink - lse')``. A ``-inf`` sink is
-    no sink (weight exactly 0); a row with no key has sink weight 1.
-    """
-    dt = P.dtype.type
-    total = xp.logaddexp(lse, sink)
-    P *= xp.where(lse == NEG_INF, dt(0), xp.exp(lse - total))[..., None]
-    p_sink = xp.where(sink == NEG_INF, dt(0), xp.exp(sink - total))
-    return P, p_sink
 
 
 def _add_sink_grad(ctx: _Backward, task: Task, p_sink: Any, delta: Any) -> None:
