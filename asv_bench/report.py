@@ -52,8 +52,28 @@ FAMILY = {
     "chunk(1024)": "chunked",
     "chunk(1024, causal)": "chunked",
 }
-THROUGHPUT = "bench_global.GlobalAttentionThroughput.track_fraction_of_matmul"
+THROUGHPUT = {
+    "global": "bench_global.GlobalAttentionThroughput.track_fraction_of_matmul",
+    "local": "bench_local.LocalAttentionThroughput.track_fraction_of_matmul",
+    "chunked": "bench_chunked.ChunkedAttentionThroughput.track_fraction_of_matmul",
+}
+FB_TIME = "bench_backward.ForwardBackward.time_forward_backward"
+FB_MEMORY = "bench_backward.ForwardBackwardMemory.track_extra_memory"
+FB_RATIO = "bench_backward.BackwardOverForward.track_backward_over_forward"
+VARLEN_TIME, VARLEN_MEMORY = "bench_varlen.Varlen.time_varlen", "bench_varlen.VarlenMemory.track_extra_memory"
+PAGED_TIME = "bench_paged.PagedDecode.time_paged_decode"
+PAGED_MEMORY = "bench_paged.PagedDecodeMemory.track_extra_memory"
+PAGED_CACHE = "bench_paged.PagedCacheSize.track_cache_size"
+SINKS_TIME, SINKS_MEMORY = "bench_sinks.Sinks.time_sinks", "bench_sinks.SinksMemory.track_extra_memory"
+SINKS_RATIO = "bench_sinks.SinksOverhead.track_sinks_over_plain"
 SDPA, FLEX, NAIVE = "baseline-sdpa", "baseline-flex", "baseline-naive"
+PADDED, LOOP = "baseline-sdpa-padded", "baseline-sdpa-loop"
+GATHER, GATHERED = "baseline-sdpa-gather", "baseline-sdpa-gathered"
+DENSE_SINKS = "baseline-dense-sinks"
+# The headline cases of the newer suites (their `case` parameter).
+FB_WINDOW, FB_GLOBAL = "window(256, 256), L=16384", "global, L=4096"
+VARLEN_CASE, PAGED_CASE = "16 x 64..4096", "B=16 Hq=32 Hkv=8 1k..32k"
+SINKS_CASES = ("causal, L=4096", "window(255, 0), L=16384")
 
 
 class Figures:
@@ -155,12 +175,21 @@ def _memory_ratio(impl: str, baseline: str, size: int, pattern: str) -> Callable
     return lambda f: _m(f, impl, size, pattern) / _m(f, baseline, size, pattern)
 
 
-TARGETS = [
+def _ratio(key: str, a: tuple[object, ...], b: tuple[object, ...]) -> Callable[[Figures], float]:
+    """``figure(key, *a) / figure(key, *b)``: two figures of one benchmark in the same run."""
+    return lambda f: f.get(key, *a) / f.get(key, *b)
+
+
+def _fraction(impl: str, pattern: str, size: int = 16384) -> Callable[[Figures], float]:
+    return lambda f: f.get(THROUGHPUT[FAMILY[pattern]], impl, size, pattern)
+
+
+FORWARD_TARGETS = [
     # NumPy backend (issue 3).
     Target("numpy, global L=4096: speed-up over naive NumPy", _speedup(NAIVE, "numpy", 4096, "global"), 2, True),
     Target(
         "numpy, global L=4096: useful throughput / the machine's fp32 GEMM throughput",
-        lambda f: f.get(THROUGHPUT, "numpy", 4096),
+        lambda f: f.get(THROUGHPUT["global"], "numpy", 4096, "global"),
         1 / 3,
         True,
         "1/3",
@@ -243,6 +272,131 @@ TARGETS = [
 ]
 
 
+# Issue 14: the backward pass.
+BACKWARD_TARGETS = [
+    Target(
+        "numpy, window (256, 256) L=16384, forward+backward: speed-up over dense-mask SDPA's",
+        _ratio(FB_TIME, (SDPA, FB_WINDOW), ("numpy", FB_WINDOW)),
+        15,
+        True,
+    ),
+    Target(
+        "numpy, window (256, 256) L=16384: backward time / its own forward time",
+        lambda f: f.get(FB_RATIO, "numpy", FB_WINDOW),
+        3,
+        False,
+    ),
+    Target(
+        "numpy, window (256, 256) L=16384, forward+backward: extra memory / dense-mask SDPA's",
+        _ratio(FB_MEMORY, ("numpy", FB_WINDOW), (SDPA, FB_WINDOW)),
+        0.1,
+        False,
+    ),
+    Target(
+        "torch, window (256, 256) L=16384: forward+backward time / its own forward time",
+        lambda f: f.get(FB_RATIO, "torch", FB_WINDOW) + 1,
+        4,
+        False,
+    ),
+    Target(
+        "numpy, global L=4096, forward+backward: time / SDPA's",
+        _ratio(FB_TIME, ("numpy", FB_GLOBAL), (SDPA, FB_GLOBAL)),
+        1.5,
+        False,
+    ),
+]
+
+# Issue 11: sinks, packed sequences, paged caches.
+VARIANT_TARGETS = [
+    *(
+        Target(
+            f"{impl}, varlen 16 x 64..4096 causal: speed-up over padding + SDPA",
+            _ratio(VARLEN_TIME, (PADDED, VARLEN_CASE), (impl, VARLEN_CASE)),
+            2,
+            True,
+        )
+        for impl in ("numpy", "torch")
+    ),
+    *(
+        Target(
+            f"{impl}, varlen 16 x 64..4096 causal: extra memory / padding + SDPA's",
+            _ratio(VARLEN_MEMORY, (impl, VARLEN_CASE), (PADDED, VARLEN_CASE)),
+            1 / 4,
+            False,
+            "1/4",
+        )
+        for impl in ("numpy", "torch")
+    ),
+    *(
+        Target(
+            f"{impl}, paged decode B=16 1k..32k: time / SDPA's on already-gathered keys",
+            _ratio(PAGED_TIME, (impl, PAGED_CASE), (GATHERED, PAGED_CASE)),
+            1.2,
+            False,
+        )
+        for impl in ("numpy", "torch")
+    ),
+    *(
+        Target(
+            f"{impl}, paged decode B=16 1k..32k: extra memory / the cache's size (a dense copy is 1)",
+            lambda f, impl=impl: f.get(PAGED_MEMORY, impl, PAGED_CASE) / f.get(PAGED_CACHE, PAGED_CASE),
+            1,
+            False,
+        )
+        for impl in ("numpy", "torch")
+    ),
+    *(
+        Target(
+            f"{impl}, {case}: time with sinks / without",
+            lambda f, impl=impl, case=case: f.get(SINKS_RATIO, impl, case),
+            1.05,
+            False,
+        )
+        for impl in ("numpy", "torch")
+        for case in SINKS_CASES
+    ),
+]
+
+# Issue 15: local attention at half the matmul peak.
+PEAK_TARGETS = [
+    *(
+        Target(
+            f"numpy, {pattern} L=16384: useful throughput / the machine's fp32 GEMM throughput",
+            _fraction("numpy", pattern),
+            0.5,
+            True,
+        )
+        for pattern in ("window(256, 256)", "window(255, 0)", "chunk(1024)")
+    ),
+    *(
+        Target(
+            f"{impl}, {pattern} L=16384: speed-up over compiled Flex",
+            _speedup(FLEX, impl, 16384, pattern),
+            1.2,
+            True,
+        )
+        for impl in ("numpy", "torch")
+        for pattern in ("window(256, 256)", "window(255, 0)", "chunk(1024)")
+    ),
+    *(
+        Target(
+            f"numpy, {pattern} L=1024: speed-up over compiled Flex",
+            _speedup(FLEX, "numpy", 1024, pattern),
+            1,
+            True,
+        )
+        for pattern in ("window(256, 256)", "window(255, 0)", "chunk(1024)")
+    ),
+]
+
+TARGETS = {
+    "forward (issues 3 and 5)": FORWARD_TARGETS,
+    "backward (issue 14)": BACKWARD_TARGETS,
+    "sinks, packed sequences, paged caches (issue 11)": VARIANT_TARGETS,
+    "the matmul peak (issue 15)": PEAK_TARGETS,
+}
+
+
 def _impls(f: Figures) -> list[str]:
     """The implementations of the local-attention benchmark that have at least one figure."""
     params = f.params(TIME["local"])
@@ -273,12 +427,11 @@ def report(f: Figures, machine: str) -> str:
     lines = [
         f"Commit `{r.commit_hash[:12]}`, machine `{machine}`, environment `{r.env_name}`, run finished {when}.",
         "",
-        "## Targets (fp32, B=1, H=8, D=64; ratios within this run)",
-        "",
-        "| ratio | target | measured | |",
-        "|---|---|---|---|",
+        "## Targets (fp32; ratios within this run)",
     ]
-    lines += [t.row(f) for t in TARGETS]
+    for title, targets in TARGETS.items():
+        lines += ["", f"{title[0].upper()}{title[1:]}:", "", "| ratio | target | measured | |", "|---|---|---|---|"]
+        lines += [t.row(f) for t in targets]
     impls = _impls(f)
     lines += ["", "## Time per call (ms, median)", ""]
     rows = []
@@ -337,10 +490,13 @@ def report(f: Figures, machine: str) -> str:
     rows = []
     for impl in impls:
         gf = _attention_gflops(f, impl, 4096)
-        fraction = f.get(THROUGHPUT, impl, 4096)
+        fraction = f.get(THROUGHPUT["global"], impl, 4096, "global")
         if not (math.isnan(gf) and math.isnan(fraction)):
             rows.append([impl, "–" if math.isnan(gf) else f"{gf:.0f}", _fmt_ratio(fraction)])
     lines += _table(["impl", "GF/s", "fraction of GEMM"], rows)
+    lines += _local_fractions(f)
+    lines += _backward(f)
+    lines += _variants(f)
     lines += _accuracy(f)
     return "\n".join(lines) + "\n"
 
@@ -358,6 +514,100 @@ def _pooling(f: Figures) -> list[str]:
         impls = [i for i in impls if any(not math.isnan(f.get(key, i, s, c)) for s in sizes for c in cases)]
         rows = [[c, str(s), *(_fmt_ms(f.get(key, i, s, c)) for i in impls)] for c in cases for s in sizes]
         lines += [*_table(["case", size_name, *impls], rows), ""]
+    return lines
+
+
+def _values(f: Figures, key: str, axis: int) -> list[object]:
+    """The values of parameter ``axis`` of benchmark ``key`` in this run (empty if it did not run)."""
+    params = f.params(key)
+    return [ast.literal_eval(p) for p in params[axis]] if params else []
+
+
+def _present(f: Figures, key: str, impls: Iterable[str], *rests: tuple[object, ...]) -> list[str]:
+    """The implementations with at least one figure of ``key`` among the parameter tails ``rests``."""
+    return [i for i in impls if any(not math.isnan(f.get(key, i, *r)) for r in rests)]
+
+
+def _local_fractions(f: Figures) -> list[str]:
+    rows, impls = [], []
+    for family in ("local", "chunked"):
+        key = THROUGHPUT[family]
+        family_impls, sizes, patterns = (_values(f, key, a) for a in range(3))
+        impls += [i for i in family_impls if i not in impls]
+        rows += [(key, size, p) for size in sizes for p in patterns]
+    impls = [i for i in impls if any(not math.isnan(f.get(k, i, s, p)) for k, s, p in rows)]
+    if not impls:
+        return []
+    return [
+        "",
+        "## Local and chunked attention: useful throughput / the machine's fp32 GEMM throughput",
+        "",
+        "4·B·H·D flops per allowed (query, key) pair, over the faster library's fp32 GEMM (4096³), timed "
+        "alternately in one process, best of 3 each:",
+        "",
+        *_table(
+            ["pattern", "L", *impls], [[p, str(s), *(_fmt_ratio(f.get(k, i, s, p)) for i in impls)] for k, s, p in rows]
+        ),
+    ]
+
+
+def _backward(f: Figures) -> list[str]:
+    cases = _values(f, FB_TIME, 1)
+    if not cases:
+        return []
+    impls = _present(f, FB_TIME, _values(f, FB_TIME, 0), *((c,) for c in cases))
+    lines = ["", "## Forward+backward: time per call (ms, median)", ""]
+    lines += _table(["case", *impls], [[c, *(_fmt_ms(f.get(FB_TIME, i, c)) for i in impls)] for c in cases])
+    lines += ["", "Speed-up over `torch.autograd` through SDPA (its time / theirs):", ""]
+    rows = [[c, *(_fmt_ratio(f.get(FB_TIME, SDPA, c) / f.get(FB_TIME, i, c)) for i in impls)] for c in cases]
+    lines += _table(["case", *impls], rows)
+    lines += ["", "Extra memory per call (MiB):", ""]
+    lines += _table(["case", *impls], [[c, *(_fmt_mib(f.get(FB_MEMORY, i, c)) for i in impls)] for c in cases])
+    backends = _values(f, FB_RATIO, 0)
+    if backends:
+        lines += [
+            "",
+            "A backend's backward time over its own forward time, alternately in one process (best of 3):",
+            "",
+        ]
+        lines += _table(
+            ["case", *backends], [[c, *(_fmt_ratio(f.get(FB_RATIO, b, c)) for b in backends)] for c in cases]
+        )
+    return lines
+
+
+def _variants(f: Figures) -> list[str]:
+    lines: list[str] = []
+    for title, time_key, memory_key in (
+        ("Packed variable-length batch, causal (H=8, D=64)", VARLEN_TIME, VARLEN_MEMORY),
+        ("Paged KV cache decoding (Hq=32, Hkv=8, D=64, blocks of 16)", PAGED_TIME, PAGED_MEMORY),
+    ):
+        cases = _values(f, time_key, 1)
+        if not cases:
+            continue
+        impls = _present(f, time_key, _values(f, time_key, 0), *((c,) for c in cases))
+        rows = []
+        for c in cases:
+            rows.append([c, "time (ms)", *(_fmt_ms(f.get(time_key, i, c)) for i in impls)])
+            rows.append([c, "extra memory (MiB)", *(_fmt_mib(f.get(memory_key, i, c)) for i in impls)])
+        lines += ["", f"## {title}", "", *_table(["case", "", *impls], rows)]
+        if time_key == PAGED_TIME:
+            sizes = ", ".join(f"{c}: {_fmt_mib(f.get(PAGED_CACHE, c))} MiB" for c in cases)
+            lines += ["", f"The cache (keys and values, exactly the used blocks): {sizes}."]
+    cases = _values(f, SINKS_TIME, 1)
+    if cases:
+        impls = _present(f, SINKS_TIME, _values(f, SINKS_TIME, 0), *((c, s) for c in cases for s in (True, False)))
+        rows = []
+        for c in cases:
+            for sinks in (True, False):
+                cells = [_fmt_ms(f.get(SINKS_TIME, i, c, sinks)) for i in impls]
+                rows.append([c, "with sinks" if sinks else "without", *cells])
+        lines += ["", "## Attention sinks: time per call (ms, median)", "", *_table(["case", "", *impls], rows)]
+        backends = _values(f, SINKS_RATIO, 0)
+        if backends:
+            lines += ["", "Time with sinks over time without, alternately in one process (best of 5):", ""]
+            rows = [[c, *(_fmt_ratio(f.get(SINKS_RATIO, b, c)) for b in backends)] for c in cases]
+            lines += _table(["case", *backends], rows)
     return lines
 
 

@@ -14,16 +14,26 @@ from typing import Any, Protocol, runtime_checkable
 
 from attnref.dtypes import DTYPE_NAMES
 
-__all__ = ["OPS", "Backend", "backend_problems"]
+__all__ = ["FORWARD_OPS", "GRADIENT_OPS", "STATE_OPS", "OPS", "Backend", "backend_problems"]
 
-#: Every op a backend may implement, by its reference name.
-OPS: tuple[str, ...] = (
+#: The forward ops, by their reference names.
+FORWARD_OPS: tuple[str, ...] = (
     "global_attention",
     "local_attention",
     "chunked_attention",
     "additive_attention",
     "luong_attention",
 )
+#: The vector-Jacobian products of the multi-head ops (contract section 6): ops like any other.
+GRADIENT_OPS: tuple[str, ...] = (
+    "global_attention_vjp",
+    "local_attention_vjp",
+    "chunked_attention_vjp",
+)
+#: The ops of paged KV caches and merged partial states (contract sections 9 and 10).
+STATE_OPS: tuple[str, ...] = ("paged_attention", "merge_attention_states")
+#: Every op a backend may implement, by its reference name.
+OPS: tuple[str, ...] = FORWARD_OPS + GRADIENT_OPS + STATE_OPS
 
 
 @runtime_checkable

@@ -32,14 +32,16 @@ and ``my_attn/plugin.py``::
 
         def global_attention(self, q, k, v, *, causal=False, scale=None, softcap=None,
                              bias=None, mask=None, kv_lengths=None, q_lengths=None,
-                             align="bottom_right", return_lse=False):
+                             align="bottom_right", return_lse=False, sinks=None,
+                             cu_seqlens_q=None, cu_seqlens_k=None):
             # Your kernel goes here (validate first with
             # attnref.validation.check_attention). This one rounds the
             # float64 reference to the input dtype.
             result = reference.global_attention(
                 q, k, v, causal=causal, scale=scale, softcap=softcap, bias=bias,
                 mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
-                return_lse=return_lse)
+                return_lse=return_lse, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
+                cu_seqlens_k=cu_seqlens_k)
             if return_lse:
                 return tuple(x.astype(q.dtype) for x in result)
             return result.astype(q.dtype)

@@ -6,9 +6,8 @@
     from the pattern for local and chunked attention.
 ``baseline-flex``
     ``torch.compile(flex_attention)`` with a ``BlockMask`` for local and chunked
-    attention. The block mask is built directly from the pattern's per-block key
-    ranges (:meth:`~attnref.patterns.Pattern.key_range`,
-    :meth:`~attnref.patterns.Pattern.block_is_full`) with
+    attention. The block mask is built directly from the pattern's block plan
+    (:meth:`~attnref.patterns.Pattern.plan_blocks`) with
     ``BlockMask.from_kv_blocks``: ``create_block_mask`` evaluates the mask on the
     whole ``L x L`` grid (11.5 GiB and 25 s at L=32768 on this machine). The
     compilation happens in the benchmark's set-up and is never timed; it is
@@ -18,9 +17,10 @@
     in-place softmax, two matmuls. Only where the ``(B, H, L, L)`` scores fit
     in :data:`NAIVE_MAX_SCORE_BYTES`.
 
-All of them use the pattern objects of :mod:`attnref.validation`, so they
-compute exactly the op's pattern (the smoke run checks them against the
-reference).
+All of them take the case's pattern from :class:`attnref.patterns.Pattern`,
+the rule the ops use, so they compute exactly the op's pattern (the smoke run
+checks them against the reference). :func:`prepare_forward_backward` is the
+same SDPA and FlexAttention calls under ``torch.autograd``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,17 @@ import numpy as np
 
 from .common import FLEX, NAIVE, SDPA, MultiheadCase, Prepared, torch
 
-__all__ = ["prepare", "flex_block_mask", "NAIVE_MAX_SCORE_BYTES", "FLEX_BLOCK"]
+__all__ = [
+    "prepare",
+    "prepare_forward_backward",
+    "flex_block_mask",
+    "torch_device",
+    "torch_tensor",
+    "torch_to_numpy",
+    "torch_finish",
+    "NAIVE_MAX_SCORE_BYTES",
+    "FLEX_BLOCK",
+]
 
 #: The naive baseline runs only where its score matrix takes at most this many bytes.
 NAIVE_MAX_SCORE_BYTES = 2 * 2**30
@@ -84,47 +94,49 @@ def _naive(case: MultiheadCase, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> 
 # -- PyTorch -------------------------------------------------------------------------------------
 
 
-def _device() -> Any:
+def torch_device() -> Any:
     """The device the torch backend defaults to (same rule), so baselines and backend compare on one device."""
     name = os.environ.get("ATTNREF_TORCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-def _tensor(array: np.ndarray, device: Any) -> Any:
+def torch_tensor(array: np.ndarray, device: Any) -> Any:
     if array.dtype.name == "bfloat16":  # torch cannot read ml_dtypes' bfloat16
         return torch.from_numpy(array.astype(np.float32)).to(device=device, dtype=torch.bfloat16)
     return torch.from_numpy(array).to(device)
 
 
-def _to_numpy(out: Any) -> np.ndarray:
+def torch_to_numpy(out: Any) -> np.ndarray:
     return out.to(torch.float64).cpu().numpy()
 
 
-def _finish(device: Any) -> None:
+def torch_finish(device: Any) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _sdpa(case: MultiheadCase, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> Prepared:
-    device = _device()
-    tq, tk, tv = (_tensor(a, device) for a in (q, k, v))
-    length = q.shape[-2]
-    kwargs: dict[str, Any] = {}
-    aux = 0
+def _sdpa_options(case: MultiheadCase, length: int, device: Any) -> tuple[dict[str, Any], int]:
+    """SDPA's keyword arguments for the case's pattern, and the bytes of the dense mask it keeps (if any)."""
+    if case.pattern.kind == "global":
+        return {}, 0
     if case.pattern.kind == "causal":
-        kwargs["is_causal"] = True
-    elif case.pattern.kind != "global":
-        mask = torch.from_numpy(case.pattern.dense(length, length)).to(device)
-        kwargs["attn_mask"] = mask
-        aux = mask.numel() * mask.element_size()
+        return {"is_causal": True}, 0
+    mask = torch.from_numpy(case.pattern.dense(length, length)).to(device)
+    return {"attn_mask": mask}, mask.numel() * mask.element_size()
+
+
+def _sdpa(case: MultiheadCase, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> Prepared:
+    device = torch_device()
+    tq, tk, tv = (torch_tensor(a, device) for a in (q, k, v))
+    kwargs, aux = _sdpa_options(case, q.shape[-2], device)
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def run() -> Any:
         out = sdpa(tq, tk, tv, **kwargs)
-        _finish(device)
+        torch_finish(device)
         return out
 
-    return Prepared(run, _to_numpy, aux_nbytes=aux)
+    return Prepared(run, torch_to_numpy, aux_nbytes=aux)
 
 
 _compiled_flex: Any = None
@@ -133,25 +145,23 @@ _compiled_flex: Any = None
 def flex_block_mask(pattern: Any, length: int, device: Any, block: int = FLEX_BLOCK) -> Any:
     """A FlexAttention ``BlockMask`` of ``pattern`` for ``length`` queries and keys.
 
-    Per query block, the key blocks that some query may see come from
-    ``pattern.key_range``; those that every query of the block may see wholly
-    (``pattern.block_is_full``) are "full" blocks, which FlexAttention computes
-    without evaluating the mask; the others are "partial" blocks, masked
-    element by element with ``pattern.allows``. Memory and time are
-    ``O((L / block)^2)`` integers at most, never ``O(L^2)``.
+    The plan is :meth:`Pattern.plan_blocks` on FlexAttention's grid of
+    ``block x block`` cells: per query block, the key cells that meet the
+    range some query may see; a cell that every query of the block may see
+    wholly is "full" (computed without evaluating the mask), the others are
+    "partial" (masked element by element with :meth:`Pattern.allows`). Memory
+    and time are ``O((L / block)^2)`` integers at most, never ``O(L^2)``.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
     n = -(-length // block)
     counts = {"partial": np.zeros(n, np.int32), "full": np.zeros(n, np.int32)}
     indices = {"partial": np.zeros((n, n), np.int32), "full": np.zeros((n, n), np.int32)}
-    for qb in range(n):
-        p_first, p_last = qb * block, min(length, (qb + 1) * block) - 1
-        lo, hi = pattern.key_range(p_first, p_last, length)
-        for kb in range(lo // block, -(-hi // block)) if lo < hi else ():
-            j_first, j_last = kb * block, min(length, (kb + 1) * block) - 1
-            kind = "full" if pattern.block_is_full(p_first, p_last, j_first, j_last) else "partial"
-            indices[kind][qb, counts[kind][qb]] = kb
+    plan = pattern.plan_blocks(length, length, block_rows=block, key_tile=block, grid=True)
+    for qb, query_block in enumerate(plan):  # one block per `block` rows, in order (no merging)
+        for tile in query_block.tiles:
+            kind = "full" if tile.full else "partial"
+            indices[kind][qb, counts[kind][qb]] = tile.start // block
             counts[kind][qb] += 1
 
     def tensor(a: np.ndarray) -> Any:
@@ -166,29 +176,81 @@ def flex_block_mask(pattern: Any, length: int, device: Any, block: int = FLEX_BL
     )  # fmt: skip
 
 
-def _flex(case: MultiheadCase, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> Prepared:
+def _compiled_flex_attention() -> Any:
+    """``torch.compile(flex_attention)``, made once per process (``NotImplementedError`` where it is missing)."""
     global _compiled_flex
-    if case.pattern.kind in ("global", "causal"):
-        raise NotImplementedError("the FlexAttention baseline is for local and chunked patterns (SDPA: global)")
     try:
         from torch.nn.attention.flex_attention import flex_attention
     except ImportError as exc:
         raise NotImplementedError(f"FlexAttention is not available: {exc}") from exc
-    device = _device()
-    tq, tk, tv = (_tensor(a, device) for a in (q, k, v))
-    block_mask = flex_block_mask(case.pattern, q.shape[-2], device)
-    aux = sum(t.numel() * t.element_size() for t in block_mask.as_tuple() if isinstance(t, torch.Tensor))
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    flex = _compiled_flex
+    return _compiled_flex
+
+
+def _flex_mask(case: MultiheadCase, length: int, device: Any) -> tuple[Any, int]:
+    if case.pattern.kind in ("global", "causal"):
+        raise NotImplementedError("the FlexAttention baseline is for local and chunked patterns (SDPA: global)")
+    block_mask = flex_block_mask(case.pattern, length, device)
+    aux = sum(t.numel() * t.element_size() for t in block_mask.as_tuple() if isinstance(t, torch.Tensor))
+    return block_mask, aux
+
+
+def _flex(case: MultiheadCase, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> Prepared:
+    device = torch_device()
+    tq, tk, tv = (torch_tensor(a, device) for a in (q, k, v))
+    block_mask, aux = _flex_mask(case, q.shape[-2], device)
+    flex = _compiled_flex_attention()
 
     def run() -> Any:
         out = flex(tq, tk, tv, block_mask=block_mask)
-        _finish(device)
+        torch_finish(device)
         return out
 
     try:
         run()  # compiles (from torch's on-disk cache after the first time); never timed
     except Exception as exc:  # no C++ compiler, unsupported platform, ...: a skip, with the reason
         raise NotImplementedError(f"FlexAttention does not compile here: {exc!r}") from exc
-    return Prepared(run, _to_numpy, aux_nbytes=aux)
+    return Prepared(run, torch_to_numpy, aux_nbytes=aux)
+
+
+# -- forward+backward through torch.autograd ----------------------------------------------------------
+
+
+def prepare_forward_backward(
+    impl: str, case: MultiheadCase, q: np.ndarray, k: np.ndarray, v: np.ndarray, dout: np.ndarray
+) -> Prepared:
+    """``impl``'s forward and backward under ``torch.autograd``: a run returns ``(dq, dk, dv)``.
+
+    The call is what a training step does: the forward with inputs that
+    require gradients, then ``torch.autograd.grad`` of the output with the
+    upstream ``dout``. SDPA uses the same mask as its forward baseline;
+    FlexAttention the same block mask (torch 2.13 has no CPU backward for it:
+    there the set-up raises ``NotImplementedError`` with torch's reason). The
+    prepared ``to_numpy`` gives ``dq, dk, dv`` flattened and concatenated.
+    """
+    if torch is None:
+        raise NotImplementedError("torch is not installed")
+    device = torch_device()
+    leaves = [torch_tensor(a, device).requires_grad_(True) for a in (q, k, v)]
+    upstream = torch_tensor(dout, device)
+    if impl == SDPA:
+        options, aux = _sdpa_options(case, q.shape[-2], device)
+        forward = torch.nn.functional.scaled_dot_product_attention
+    elif impl == FLEX:
+        block_mask, aux = _flex_mask(case, q.shape[-2], device)
+        options, forward = {"block_mask": block_mask}, _compiled_flex_attention()
+    else:
+        raise NotImplementedError(f"{impl} has no forward+backward baseline")
+
+    def run() -> Any:
+        grads = torch.autograd.grad(forward(*leaves, **options), leaves, upstream)
+        torch_finish(device)
+        return grads
+
+    if impl == FLEX:
+        try:
+            run()  # compiles forward and backward; never timed
+        except Exception as exc:  # torch 2.13 on the CPU: no FlexAttention backward
+            raise NotImplementedError(f"FlexAttention forward+backward does not run here: {exc!r}") from exc
+    return Prepared(run, lambda grads: np.concatenate([torch_to_numpy(g).ravel() for g in grads]), aux_nbytes=aux)

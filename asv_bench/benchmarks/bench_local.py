@@ -4,7 +4,7 @@ fp32, B=1, H=8, D=64. Useful work per run: ``4 * B * H * D * n`` flops, ``n``
 the number of allowed (query, key) pairs (about ``513 * L`` and ``256 * L``).
 """
 
-from .common import BASELINES, REFERENCE, _MemorySuite, _TimeSuite, grid, registered_backends
+from .common import BASELINES, FLEX, REFERENCE, _MemorySuite, _ThroughputSuite, _TimeSuite, grid, registered_backends
 
 IMPLS = [*registered_backends(), REFERENCE, *BASELINES]
 # The default grid holds the headline size (16384) and a size the reference runs at.
@@ -30,3 +30,17 @@ class LocalAttentionMemory(_MemorySuite):
 
     def peakmem_local_attention(self, impl: str, size: int, case: str) -> None:
         self.prepared.run()
+
+
+class LocalAttentionThroughput(_ThroughputSuite):
+    """Useful throughput of local attention over the machine's fp32 matmul throughput (issue 15).
+
+    Useful work: ``4 * B * H * D`` flops per allowed (query, key) pair. The
+    machine's matmul: the faster of NumPy's and torch's fp32 GEMM (N=4096),
+    timed alternately with the attention call in one process (see
+    ``common.fraction_of_matmul``). At the headline size only; the dense-mask
+    SDPA baseline, a few percent by construction, is left out.
+    """
+
+    params = ([*registered_backends(), FLEX], grid(smoke=[1536], default=[16384], full=[16384]), PATTERNS)
+    param_names = ("impl", "L", "pattern")

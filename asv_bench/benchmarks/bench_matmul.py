@@ -26,9 +26,9 @@ def _operands(key: tuple, library: str, make: Callable[[np.random.Generator], li
         if library == "torch":
             if torch is None:
                 raise NotImplementedError("torch is not installed")
-            from .baselines import _device
+            from .baselines import torch_device
 
-            arrays = [torch.from_numpy(a).to(_device()) for a in arrays]
+            arrays = [torch.from_numpy(a).to(torch_device()) for a in arrays]
         _OPERANDS[key] = arrays
         _finish(library, arrays[0] @ arrays[1])  # warm-up: thread pools, page faults
     return _OPERANDS[key]

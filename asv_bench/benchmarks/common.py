@@ -35,11 +35,9 @@ import numpy as np
 
 import attnref
 import attnref.reference
-from attnref.backend import OPS
 from attnref.dtypes import DTYPE_NAMES, numpy_dtype
 from attnref.patterns import Pattern
 from attnref.registry import default_registry
-from attnref.validation import chunk_pattern, full_pattern, window_pattern
 
 try:  # imported here so that asv's forkserver imports it once, not in every benchmark process
     import torch
@@ -69,6 +67,14 @@ __all__ = [
     "reference_output",
     "max_abs_error",
     "check_smoke",
+    "backend_object",
+    "backend_prepared",
+    "warm_up_or_skip",
+    "implements",
+    "GEMM_N",
+    "gemm_calls",
+    "fraction_of_matmul",
+    "allowed_pairs",
 ]
 
 
@@ -120,15 +126,15 @@ class MultiheadCase:
 
 
 def _multihead_cases() -> dict[str, MultiheadCase]:
-    # The patterns come from the same builders the ops use, so baselines and backends agree by construction.
+    # The baselines compute the pattern from the public Pattern class, the rule the ops themselves use.
     return {
-        "global": MultiheadCase("global_attention", {}, full_pattern(False)),
-        "causal": MultiheadCase("global_attention", {"causal": True}, full_pattern(True)),
-        "window(256, 256)": MultiheadCase("local_attention", {"window": (256, 256)}, window_pattern((256, 256))),
-        "window(255, 0)": MultiheadCase("local_attention", {"window": (255, 0)}, window_pattern((255, 0))),
-        "chunk(1024)": MultiheadCase("chunked_attention", {"chunk_size": 1024}, chunk_pattern(1024, False)),
+        "global": MultiheadCase("global_attention", {}, Pattern.full(False)),
+        "causal": MultiheadCase("global_attention", {"causal": True}, Pattern.full(True)),
+        "window(256, 256)": MultiheadCase("local_attention", {"window": (256, 256)}, Pattern.window(256, 256)),
+        "window(255, 0)": MultiheadCase("local_attention", {"window": (255, 0)}, Pattern.window(255, 0)),
+        "chunk(1024)": MultiheadCase("chunked_attention", {"chunk_size": 1024}, Pattern.chunk(1024, False)),
         "chunk(1024, causal)": MultiheadCase(
-            "chunked_attention", {"chunk_size": 1024, "causal": True}, chunk_pattern(1024, True)
+            "chunked_attention", {"chunk_size": 1024, "causal": True}, Pattern.chunk(1024, True)
         ),
     }
 
@@ -221,22 +227,28 @@ class Prepared:
 
 
 class _Reference:
-    """:mod:`attnref.reference` behind the backend protocol (float64 results)."""
+    """:mod:`attnref.reference` behind the backend protocol (float64 results).
+
+    Every public function of :mod:`attnref.reference` is an op here, the VJPs
+    and any op newer than the registry's :data:`~attnref.backend.OPS` included.
+    """
 
     name = REFERENCE
     version = attnref.__version__
-    ops = frozenset(OPS)
     dtypes = frozenset(DTYPE_NAMES)
     unavailable_reason = None
 
     def __init__(self, precision: Any = None):
         self._precision = precision
-        for op in OPS:
+        self.ops = frozenset(attnref.reference.__all__)
+        for op in self.ops:
             setattr(self, op, self._op(getattr(attnref.reference, op)))
 
     def _op(self, func: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
-            return func(*args, precision=self._precision, **kwargs)
+            if self._precision is not None:  # only then: not every reference op takes precision= yet
+                kwargs["precision"] = self._precision
+            return func(*args, **kwargs)
 
         return call
 
@@ -249,11 +261,23 @@ class _Reference:
         return np.asarray(array)
 
 
+def implements(backend: Any, op: str) -> bool:
+    """Whether ``backend`` offers ``op``: listed in its ``ops``, or a method of that name.
+
+    A backend may offer an op it does not list yet (an op newer than the
+    registry's :data:`~attnref.backend.OPS`, or one whose signature still lags
+    the reference's, as the torch backend's VJPs do while they lack
+    ``sinks=``); the suite times it on the cases it can run.
+    """
+    return op in backend.ops or callable(getattr(backend, op, None))
+
+
 def _first(out: Any) -> Any:
     return out[0] if isinstance(out, tuple) else out
 
 
-def _backend_object(impl: str, dtype: str) -> Any:
+def backend_object(impl: str, dtype: str = "float32") -> Any:
+    """The backend (or the reference) called ``impl``; ``NotImplementedError`` (an asv skip) where unavailable."""
     if impl == REFERENCE:
         return _Reference()
     if impl == REFERENCE_PRECISION:
@@ -264,9 +288,16 @@ def _backend_object(impl: str, dtype: str) -> Any:
         raise NotImplementedError(str(exc)) from exc
 
 
-def _backend_prepared(impl: str, op: str, args: Sequence[Any], kwargs: dict[str, Any], dtype: str) -> Prepared:
-    backend = _backend_object(impl, dtype)
-    if op not in backend.ops:
+def backend_prepared(
+    impl: str, op: str, args: Sequence[Any], kwargs: dict[str, Any], dtype: str = "float32"
+) -> Prepared:
+    """``impl``'s ``op`` on ``args`` (NumPy arrays, converted once with the backend's ``asarray``) and ``kwargs``.
+
+    NumPy arrays among ``kwargs`` are converted too; ``NotImplementedError``
+    (an asv skip) where the backend is unavailable or lacks the op or dtype.
+    """
+    backend = backend_object(impl, dtype)
+    if not implements(backend, op):
         raise NotImplementedError(f"backend {impl!r} does not implement {op}")
     if dtype not in backend.dtypes:
         raise NotImplementedError(f"backend {impl!r} does not support {dtype}")
@@ -310,7 +341,7 @@ def _prepare(impl: str, case_name: str, size: int, dtype: str, heads: int) -> Pr
             raise NotImplementedError("the baselines cover the multi-head ops only")
         _check_reference_size(impl, case.op, size)
         args, arrays = pooling_inputs(case, size, dtype)
-        return _backend_prepared(impl, case.op, args, {**case.kwargs, **arrays}, dtype)
+        return backend_prepared(impl, case.op, args, {**case.kwargs, **arrays}, dtype)
     case = MULTIHEAD_CASES[case_name]
     _check_reference_size(impl, case.op, size)
     q, k, v = multihead_inputs(size, dtype, heads)
@@ -318,12 +349,29 @@ def _prepare(impl: str, case_name: str, size: int, dtype: str, heads: int) -> Pr
         from . import baselines
 
         return baselines.prepare(impl, case, q, k, v)
-    return _backend_prepared(impl, case.op, (q, k, v), case.kwargs, dtype)
+    return backend_prepared(impl, case.op, (q, k, v), case.kwargs, dtype)
 
 
 def _check_reference_size(impl: str, op: str, size: int) -> None:
     if impl in (REFERENCE, REFERENCE_PRECISION) and size > REFERENCE_MAX[op]:
         raise NotImplementedError(f"the float64 reference runs {op} only up to size {REFERENCE_MAX[op]}")
+
+
+def warm_up_or_skip(prepared: Prepared, impl: str, feature: str) -> float:
+    """:func:`warm_up`, with a backend that lacks ``feature`` recorded as a skip (``NotImplementedError``).
+
+    A backend declines a feature with :class:`attnref.UnsupportedError`; one
+    written before the feature existed rejects its keyword argument with a
+    ``TypeError`` ("unexpected keyword argument").
+    """
+    try:
+        return warm_up(prepared)
+    except attnref.UnsupportedError as exc:
+        raise NotImplementedError(f"{impl} does not support {feature}: {exc}") from exc
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise NotImplementedError(f"{impl} does not support {feature}: {exc}") from exc
 
 
 def warm_up(prepared: Prepared) -> float:
@@ -340,8 +388,11 @@ def repeat_for(seconds_per_call: float) -> tuple[int, int, float]:
 
     Calls under a second take 3 to 10 samples within about 3 s; calls of 1-2 s
     take 3; longer ones (the dense-mask baselines at L=16384 take 4-5 s) take 2,
-    which keeps the default grid within minutes.
+    and calls over 10 s (dense-mask SDPA forward+backward at L=16384: about
+    25 s) one, which keeps the default grid within minutes.
     """
+    if seconds_per_call >= 10.0:
+        return (1, 1, 0.0)
     if seconds_per_call >= 2.0:
         return (2, 2, 0.0)
     if seconds_per_call >= 1.0:
@@ -440,14 +491,24 @@ class MemoryProbe:
 
 
 class _TimeSuite:
-    """Set-up of the ``time_`` classes: prepare, check (smoke run), warm up, size the sample count."""
+    """Set-up of the ``time_`` classes: prepare, check (smoke run), warm up, size the sample count.
+
+    Parameters are ``(impl, *rest)``; :meth:`prepared_for` turns them into a
+    :class:`Prepared` (by default a multi-head or pooling case, ``rest = (size,
+    case)``; the newer suites override it).
+    """
 
     rounds = 1  # one process per parameter set; samples are taken in it
     timeout = 600.0  # a FlexAttention compile plus three dense-mask calls at L=32768 (full grid)
 
-    def setup(self, impl: str, size: int, case: str) -> None:
-        self.prepared = prepare(impl, case, size)
-        check_smoke(self.prepared, impl, case, size)
+    def prepared_for(self, impl: str, *params: Any) -> Prepared:
+        size, case = params
+        prepared = prepare(impl, case, size)
+        check_smoke(prepared, impl, case, size)
+        return prepared
+
+    def setup(self, impl: str, *params: Any) -> None:
+        self.prepared = self.prepared_for(impl, *params)
         # The first call happened here, so asv's own warm-up is not needed (for the
         # dense-mask baselines at L=16384 it would cost several seconds a sample).
         self.repeat = repeat_for(warm_up(self.prepared))
@@ -464,23 +525,102 @@ class _MemorySuite:
     data the approach keeps between calls (dense mask, block mask): the figure
     to compare between implementations.
 
-    The warm-up runs the same case at a small size, so that one-time costs of a
-    library's first call (thread pools, BLAS buffers: 4 to 15 MiB for torch)
-    are not counted as the op's; ``baseline-flex`` is warm already, its set-up
-    ran a full call to compile.
+    The warm-up (:meth:`warm_up_small`) runs the same case at a small size, so
+    that one-time costs of a library's first call (thread pools, BLAS buffers:
+    4 to 15 MiB for torch) are not counted as the op's; ``baseline-flex`` is
+    warm already, its set-up ran a full call to compile.
     """
 
     timeout = 600.0
     warm_up_size = 128
 
-    def setup(self, impl: str, size: int, case: str) -> None:
-        self.probe = MemoryProbe()
-        if impl != FLEX:
-            prepare(impl, case, self.warm_up_size).run()
-        self.prepared = prepare(impl, case, size)
+    def prepared_for(self, impl: str, *params: Any) -> Prepared:
+        size, case = params
+        return prepare(impl, case, size)
 
-    def track_extra_memory(self, impl: str, size: int, case: str) -> float:
+    def warm_up_small(self, impl: str, *params: Any) -> None:
+        if impl != FLEX:
+            prepare(impl, params[1], self.warm_up_size).run()
+
+    def setup(self, impl: str, *params: Any) -> None:
+        self.probe = MemoryProbe()
+        self.warm_up_small(impl, *params)
+        self.prepared = self.prepared_for(impl, *params)
+
+    def track_extra_memory(self, impl: str, *params: Any) -> float:
         extra = self.probe.extra_peak_bytes(self.prepared.run) + self.prepared.aux_nbytes
         return extra / 2**20
 
     track_extra_memory.unit = "MiB"  # type: ignore[attr-defined]
+
+
+# -- distance to the machine's matmul peak ------------------------------------------------------------
+
+#: Size of the square fp32 GEMM that stands for the machine's matmul peak.
+GEMM_N = grid(smoke=[512], default=[4096], full=[4096])[0]
+
+
+def gemm_calls() -> dict[str, Callable[[], Any]]:
+    """fp32 ``(N, N) @ (N, N)`` calls of the libraries present (NumPy, and torch on the CPU)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((GEMM_N, GEMM_N), dtype=np.float32) for _ in range(2))
+    calls: dict[str, Callable[[], Any]] = {"numpy": lambda: a @ b}
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        calls["torch"] = lambda: ta @ tb
+    return calls
+
+
+def _seconds(func: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    func()
+    return time.perf_counter() - start
+
+
+def fraction_of_matmul(prepared: Prepared, useful_flops: float, rounds: int = 3) -> float:
+    """Useful throughput of ``prepared`` over the faster library's fp32 GEMM throughput.
+
+    The attention call and the GEMMs alternate in one process, ``rounds``
+    rounds, best time of each, so that load from other processes hits both
+    alike. CPU only (the GEMMs run on the host).
+    """
+    warm_up(prepared)
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, call in [*gemm_calls().items(), ("attention", prepared.run)]:
+            best[name] = min(best.get(name, float("inf")), _seconds(call))
+    attention = useful_flops / best.pop("attention")
+    matmul = max(2 * GEMM_N**3 / t for t in best.values())
+    return attention / matmul
+
+
+def allowed_pairs(pattern: Pattern, length: int, rows: int = 512) -> int:
+    """The number of allowed (query, key) pairs of ``pattern`` with ``length`` queries and keys.
+
+    ``4 * B * H * D`` times this is the useful work of one call, in flops (two
+    products of ``2 * D`` flops per pair); counted with :meth:`Pattern.allows`
+    over the key range of each query block of :meth:`Pattern.plan_blocks`,
+    never an ``L x L`` array.
+    """
+    total = 0
+    for block in pattern.plan_blocks(length, length, block_rows=rows):
+        if not block.empty:
+            p = np.arange(block.start, block.stop)[:, None]
+            j = np.arange(block.key_start, block.key_stop)[None, :]
+            total += int(np.count_nonzero(pattern.allows(p, j)))
+    return total
+
+
+class _ThroughputSuite:
+    """``track_fraction_of_matmul`` of a multi-head case: ``(impl, L, pattern)``."""
+
+    timeout = 600.0
+
+    def setup(self, impl: str, size: int, case: str) -> None:
+        self.prepared = prepare(impl, case, size)
+        self.useful_flops = 4 * BATCH * HEADS * HEAD_DIM * allowed_pairs(MULTIHEAD_CASES[case].pattern, size)
+
+    def track_fraction_of_matmul(self, impl: str, size: int, case: str) -> float:
+        return fraction_of_matmul(self.prepared, self.useful_flops)
+
+    track_fraction_of_matmul.unit = "fraction"  # type: ignore[attr-defined]

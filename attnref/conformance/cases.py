@@ -26,7 +26,7 @@ backend must raise the same error class. Seeded random cases come from
 
 from __future__ import annotations
 
-import zlib
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,9 +34,11 @@ from typing import Any
 import numpy as np
 
 from attnref.backend import OPS
+from attnref.conformance.randomness import CaseRandom, case_rng
 
 __all__ = [
     "MULTIHEAD_OPS",
+    "GRADIENT_OF",
     "POOLING_OPS",
     "POSITIONAL",
     "DEFAULT_EXAMPLES",
@@ -49,6 +51,8 @@ __all__ = [
 ]
 
 MULTIHEAD_OPS: tuple[str, ...] = ("global_attention", "local_attention", "chunked_attention")
+#: Each gradient op and the forward op it differentiates.
+GRADIENT_OF: dict[str, str] = {f"{op}_vjp": op for op in MULTIHEAD_OPS}
 POOLING_OPS: tuple[str, ...] = ("additive_attention", "luong_attention")
 #: The arguments each op takes by position (the rest go by keyword).
 POSITIONAL: dict[str, tuple[str, ...]] = {
@@ -57,6 +61,9 @@ POSITIONAL: dict[str, tuple[str, ...]] = {
     "chunked_attention": ("q", "k", "v"),
     "additive_attention": ("x", "w_in", "b_in", "w_out"),
     "luong_attention": ("h_t", "h_s"),
+    **{op: ("q", "k", "v", "dout") for op in GRADIENT_OF},
+    "paged_attention": ("q", "k_cache", "v_cache"),
+    "merge_attention_states": ("outs", "lses"),
 }
 #: Random cases per op in a default run (``--examples``).
 DEFAULT_EXAMPLES = 8
@@ -97,6 +104,11 @@ class Case:
     other_dtype : tuple of str
         Inputs rounded to another dtype than the one under test (float32, or
         float64 when float32 is under test): the mixed-dtype error cases.
+    layouts : dict of str to str
+        Inputs handed over in a memory layout of :mod:`attnref.conformance.layouts`.
+    names : tuple of str
+        For an error case, arguments an error message may name besides the one
+        the reference names (both ``k`` and ``v`` are wrong in ``mixed-dtype``).
     """
 
     op: str
@@ -106,6 +118,8 @@ class Case:
     expect_error: bool = False
     note: str = ""
     other_dtype: tuple[str, ...] = ()
+    layouts: dict[str, str] = field(default_factory=dict)
+    names: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -117,12 +131,38 @@ class Case:
         """Names of the arrays the op returns for this case, in order."""
         if self.op in POOLING_OPS:
             return ("context", "weights")
+        if self.op == "merge_attention_states":
+            return ("out", "lse")
+        if self.op in GRADIENT_OF:
+            return ("dq", "dk", "dv", *(("dbias",) if "bias" in self.inputs else ()),
+                    *(("dsinks",) if "sinks" in self.inputs else ()))  # fmt: skip
         return ("out", "lse") if self.options.get("return_lse") is True else ("out",)
+
+    def exact(self, name: str) -> bool:
+        """Whether the output ``name`` must have exactly its expected dtype (else: it or a more precise one)."""
+        return name in ("out", "context", "dq", "dk", "dv", "dbias", "dsinks")
+
+    def output_dtype(self, name: str, dtype: str) -> str:
+        """The dtype the output ``name`` has when ``dtype`` is under test (a gradient has its input's)."""
+        source = {"dbias": "bias", "dsinks": "sinks"}.get(name)
+        if source in self.other_dtype:
+            return "float64" if dtype == "float32" else "float32"
+        return dtype
+
+    def parameters(self) -> dict[str, Any]:
+        """Everything that defines the case, as JSON values: input shapes, options, layouts."""
+        return {
+            "inputs": {name: list(np.shape(a)) for name, a in self.inputs.items()},
+            "options": {name: _json_value(value) for name, value in self.options.items()},
+            **({"layouts": dict(self.layouts)} if self.layouts else {}),
+            **({"other_dtype": list(self.other_dtype)} if self.other_dtype else {}),
+        }
 
     @property
     def terms(self) -> dict[str, str]:
         """For each output that is a weighted average of an input, that input's name."""
-        return {"out": "v", "context": "h_s" if self.op == "luong_attention" else "x"}
+        values = {"paged_attention": "v_cache", "merge_attention_states": "outs"}.get(self.op, "v")
+        return {"out": values, "context": "h_s" if self.op == "luong_attention" else "x", "dv": "dout"}
 
     def arguments(self, inputs: dict[str, Any], convert: Callable[[np.ndarray], Any]) -> tuple[tuple, dict]:
         """Positional and keyword arguments of the call.
@@ -142,9 +182,21 @@ class Case:
         return positional, values
 
 
-def case_rng(key: str) -> np.random.Generator:
-    """The random generator of the case called ``key`` (seeded from the key itself)."""
-    return np.random.default_rng(zlib.crc32(key.encode()))
+def _json_value(value: Any) -> Any:
+    """An option as a JSON value: small arrays as lists, large ones by shape and dtype."""
+    if isinstance(value, Host):
+        return {"numpy": _json_value(value.value)}
+    if isinstance(value, np.ndarray):
+        if value.size <= 64:
+            return value.tolist()
+        return {"shape": list(value.shape), "dtype": str(value.dtype)}
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 # -- multi-head ops ----------------------------------------------------------
@@ -161,7 +213,7 @@ class Dims:
     Dv: int = 8
 
 
-Extra = Callable[[np.random.Generator, Dims], dict[str, Any]]
+Extra = Callable[[CaseRandom, Dims], dict[str, Any]]
 
 #: The pattern each multi-head op uses in the cases shared by all three.
 TYPICAL_PATTERN: dict[str, dict[str, Any]] = {
@@ -185,7 +237,7 @@ def _mha(
     }
     if extra is not None:
         for name, value in extra(rng, d).items():
-            (inputs if name in ("q", "k", "v", "bias") else options)[name] = value
+            (inputs if name in ("q", "k", "v", "bias", "sinks") else options)[name] = value
     options.setdefault("return_lse", True)
     return Case(op, case_id, inputs, options, note=note)
 
@@ -202,7 +254,7 @@ def _full(d: Dims) -> tuple[int, ...]:
     return (d.B, d.Hq, d.Lq, d.Lk)
 
 
-def _mask_with_empty_rows(rng: np.random.Generator, d: Dims) -> dict[str, Any]:
+def _mask_with_empty_rows(rng: CaseRandom, d: Dims) -> dict[str, Any]:
     mask = rng.random((d.B, 1, d.Lq, d.Lk)) < 0.6
     mask[0, 0, 1] = False  # a fully-masked row in batch 0
     mask[d.B - 1, 0, d.Lq - 1] = False  # and the last row of the last batch
@@ -210,24 +262,24 @@ def _mask_with_empty_rows(rng: np.random.Generator, d: Dims) -> dict[str, Any]:
     return {"mask": mask}
 
 
-def _neg_inf_bias(rng: np.random.Generator, d: Dims) -> dict[str, Any]:
+def _neg_inf_bias(rng: CaseRandom, d: Dims) -> dict[str, Any]:
     bias = rng.standard_normal((d.B, d.Hq, d.Lq, d.Lk))
     bias[0, 0, 0] = -np.inf  # every key of a row: the row behaves as empty
     bias[d.B - 1, d.Hq - 1, :, 0] = -np.inf  # one key for every row of one head
     return {"bias": bias}
 
 
-def _very_negative_bias(rng: np.random.Generator, d: Dims) -> dict[str, Any]:
+def _very_negative_bias(rng: CaseRandom, d: Dims) -> dict[str, Any]:
     return {"bias": np.full((1,), -1000.0)}  # every score near -1000: exp underflows without the max shift
 
 
-def _nan_query(rng: np.random.Generator, d: Dims) -> dict[str, Any]:
+def _nan_query(rng: CaseRandom, d: Dims) -> dict[str, Any]:
     q = rng.standard_normal((d.B, d.Hq, d.Lq, d.D))
     q[0, 1, 2, 3] = np.nan  # exactly row (0, 1, 2) of out and lse becomes NaN
     return {"q": q}
 
 
-def _nan_beyond_lengths(rng: np.random.Generator, d: Dims) -> dict[str, Any]:
+def _nan_beyond_lengths(rng: CaseRandom, d: Dims) -> dict[str, Any]:
     k = rng.standard_normal((d.B, d.Hkv, d.Lk, d.D))
     v = rng.standard_normal((d.B, d.Hkv, d.Lk, d.Dv))
     k[0, :, d.Lk - 1] = np.nan  # beyond kv_lengths[0]: must not leak
@@ -292,9 +344,150 @@ def _shared_multihead(op: str) -> list[Case]:
         _mha(op, "nan-q", "a NaN in q reaches exactly its row", extra=_nan_query, **p),
         _mha(op, "nan-beyond-lengths", "NaN and inf in k, v past kv_lengths never leak", Dims(Lq=6, Lk=8),
              extra=_nan_beyond_lengths, **p),
+        *_sink_cases(op),
         *_long_cases(op),
+        *_layout_cases(op),
+        *_hidden_nonfinite_cases(op),
     ]
     # fmt: on
+
+
+def _sinks(values: tuple[float, ...] | None = None) -> Extra:
+    def extra(rng: CaseRandom, d: Dims) -> dict[str, Any]:
+        sinks = rng.standard_normal(d.Hq) * 2.0
+        if values is not None:
+            sinks[: len(values)] = values
+        return {"sinks": sinks}
+
+    return extra
+
+
+def _sink_cases(op: str) -> list[Case]:
+    """Learned sinks (contract section 7): a virtual key with no value, never scaled, capped or masked."""
+    p = TYPICAL_PATTERN[op]
+    # fmt: off
+    return [
+        _mha(op, "sinks", "one sink logit per head, scale 0.5: unscaled, in the lse", extra=_sinks(), scale=0.5, **p),
+        _mha(op, "sinks-softcap", "sinks are never softcapped", magnitude=2.0, extra=_sinks(), softcap=0.7, **p),
+        _mha(op, "sinks-empty-rows", "rows with no allowed key: out 0, lse = the sink",
+             extra=lambda rng, d: {**_mask_with_empty_rows(rng, d), **_sinks()(rng, d)}, **p),
+        _mha(op, "sinks-padding-rows", "padding rows stay out: out 0, lse -inf, sink or not", extra=_sinks(),
+             q_lengths=np.array([6, 3]), **p),
+        _mha(op, "sinks-neg-inf", "a -inf sink is no sink", extra=_sinks((-np.inf,)), **p),
+        replace(_mha(op, "sinks-other-dtype", "sinks in another floating dtype than q", extra=_sinks(), **p),
+                other_dtype=("sinks",)),
+    ]
+    # fmt: on
+
+
+#: For each multi-head op, a key its typical pattern shows to some rows of a 6 x 6 case and hides from others.
+PATTERN_HIDDEN_KEY: dict[str, int] = {"global_attention": 3, "local_attention": 4, "chunked_attention": 5}
+#: Where the two special values go: (value in k, value in v).
+SPECIALS: dict[str, tuple[float, float]] = {"nan-k-inf-v": (np.nan, np.inf), "inf-k-nan-v": (np.inf, np.nan)}
+
+
+def _specials(variant: str, batch: int | slice, key: int, q_rows: slice | None = None) -> Extra:
+    """Put the variant's special values into ``k`` and ``v`` at ``key`` of ``batch`` (and NaN into
+    the ``q`` rows ``q_rows``, the padding rows)."""
+    in_k, in_v = SPECIALS[variant]
+
+    def extra(rng: CaseRandom, d: Dims) -> dict[str, Any]:
+        q = rng.standard_normal((d.B, d.Hq, d.Lq, d.D))
+        k = rng.standard_normal((d.B, d.Hkv, d.Lk, d.D))
+        v = rng.standard_normal((d.B, d.Hkv, d.Lk, d.Dv))
+        k[batch, :, key, 1] = in_k
+        v[batch, :, key, 0] = in_v
+        if q_rows is not None:
+            q[0, :, q_rows] = np.nan
+        return {"q": q, "k": k, "v": v}
+
+    return extra
+
+
+def _hidden_mask(rng: CaseRandom, d: Dims) -> dict[str, Any]:
+    mask = np.ones((d.B, 1, d.Lq, d.Lk), dtype=bool)
+    mask[0, :, :, 1] = False  # key 1 hidden from every row of batch 0
+    mask[1, :, :3, 1] = False  # and from the first rows of batch 1
+    return {"mask": mask}
+
+
+def _hidden_nonfinite_cases(op: str) -> list[Case]:
+    """NaN and inf in ``k`` and ``v`` behind every kind of rule: the rows that cannot see them stay
+    finite (masking selects; a library that multiplies by a 0/1 mask leaks NaN into every row)."""
+    p = TYPICAL_PATTERN[op]
+    cases = []
+    for variant in SPECIALS:
+        mask = _specials(variant, slice(None), 1)
+        # fmt: off
+        cases += [
+            _mha(op, f"hidden-{variant}-pattern", f"{variant} at a key the pattern shows to some rows only",
+                 extra=_specials(variant, slice(None), PATTERN_HIDDEN_KEY[op]), **p),
+            _mha(op, f"hidden-{variant}-mask", f"{variant} at a key mask=False hides (all rows of batch 0)",
+                 extra=lambda rng, d, mask=mask: {**mask(rng, d), **_hidden_mask(rng, d)}, **p),
+            _mha(op, f"hidden-{variant}-lengths", f"{variant} past kv_lengths[0]", extra=_specials(variant, 0, 5), **p,
+                 kv_lengths=np.array([4, 6])),
+            _mha(op, f"hidden-{variant}-padding", f"{variant} past kv_lengths[0], NaN in the padding rows of q", **p,
+                 extra=_specials(variant, 0, 5, q_rows=slice(4, None)), kv_lengths=np.array([5, 6]),
+                 q_lengths=np.array([4, 6])),
+        ]
+        # fmt: on
+    if op == "local_attention":
+        cases += [
+            _mha(op, f"hidden-{v}-window-{side}", f"{v} beyond the {side} side of a window", Dims(Lq=8, Lk=8),
+                 extra=_specials(v, slice(None), key), window=window)
+            for v in SPECIALS
+            for side, key, window in (("left", 1, (1, 0)), ("right", 6, (0, 1)))
+        ]  # fmt: skip
+    if op == "chunked_attention":
+        cases += [
+            _mha(op, f"hidden-{v}-chunk-causal", f"{v} in a later chunk and later in the same chunk",
+                 Dims(Lq=8, Lk=8), extra=_specials(v, slice(None), 6), chunk_size=4, causal=True)
+            for v in SPECIALS
+        ]  # fmt: skip
+    return cases
+
+
+#: Sizes of the layout cases: every axis a different size, so a swapped stride cannot go unnoticed.
+LAYOUT_DIMS = Dims(B=2, Hq=4, Hkv=2, Lq=7, Lk=9, D=8, Dv=6)
+
+
+def _same_batches(*names: str) -> Extra:
+    """Make the named inputs equal across the batch (what a broadcast, stride-0 input holds)."""
+
+    def extra(rng: CaseRandom, d: Dims) -> dict[str, Any]:
+        shapes = {"k": (d.Hkv, d.Lk, d.D), "v": (d.Hkv, d.Lk, d.Dv), "bias": (d.Hq, d.Lq, d.Lk)}
+        return {name: np.broadcast_to(rng.standard_normal(shapes[name]), (d.B, *shapes[name])).copy()
+                for name in names}  # fmt: skip
+
+    return extra
+
+
+def _layout_cases(op: str) -> list[Case]:
+    """The same values in the memory layouts of :mod:`attnref.conformance.layouts`."""
+    p = TYPICAL_PATTERN[op]
+    qkv = ("q", "k", "v")
+    d = LAYOUT_DIMS
+    # fmt: off
+    cases = [
+        (_mha(op, "layout-transposed", "q, k, v as (B, L, H, D) arrays viewed as (B, H, L, D)", d, **p),
+         dict.fromkeys(qkv, "transposed")),
+        (_mha(op, "layout-sliced", "q, k, v with an innermost stride of 2 (a slice of a fused buffer)", d, **p),
+         dict.fromkeys(qkv, "sliced")),
+        (_mha(op, "layout-negative-strides", "k and v read backwards along the sequence", d, **p),
+         dict.fromkeys(("k", "v"), "negative-strides")),
+        (_mha(op, "layout-broadcast-kv", "k, v and a bias broadcast over the batch (stride 0)", d,
+              extra=_same_batches("k", "v", "bias"), **p),
+         dict.fromkeys(("k", "v", "bias"), "broadcast")),
+        (_mha(op, "layout-readonly", "read-only q, k, v and bias", d, extra=_bias(_full), **p),
+         dict.fromkeys((*qkv, "bias"), "readonly")),
+        (_mha(op, "layout-fortran", "Fortran-ordered q, k, v and bias", d, extra=_bias(_full), **p),
+         dict.fromkeys((*qkv, "bias"), "fortran")),
+        (_mha(op, "layout-mixed", "q transposed, k Fortran-ordered, v sliced, bias broadcast", d,
+              extra=_same_batches("bias"), **p),
+         {"q": "transposed", "k": "fortran", "v": "sliced", "bias": "broadcast"}),
+    ]
+    # fmt: on
+    return [replace(case, layouts=layouts) for case, layouts in cases]
 
 
 #: Long cases of each multi-head op: several query blocks (fast kernels use 64 to 128 rows), more
@@ -339,6 +532,8 @@ def _global_cases() -> list[Case]:
         _mha(op, "full-lq-ne-lk", "no pattern, Lq != Lk", Dims(Lq=3, Lk=7)),
         _mha(op, "full-kv-lengths", "no pattern with kv_lengths", Dims(Lq=3, Lk=7), kv_lengths=np.array([7, 2])),
         _mha(op, "decode", "one query against a KV cache, causal", Dims(Lq=1, Lk=9), causal=True),
+        _mha(op, "long-flat", "4096 keys of nearly equal weight: a 16-bit running sum of the weights stalls",
+             Dims(B=1, Hq=1, Hkv=1, Lq=2, Lk=4096, D=8, Dv=4), magnitude=0.05),
         *_alignment_cases(op, {"causal": True}),
         *_shared_multihead(op),
     ]
@@ -401,7 +596,7 @@ def _chunked_cases() -> list[Case]:
 # -- pooling ops -------------------------------------------------------------
 def _additive(
     case_id: str, note: str, *, B: int = 2, L: int = 7, Din: int = 5, Dh: int = 4, magnitude: float = 1.0,
-    mask: Callable[[np.random.Generator], np.ndarray] | None = None, **options: Any,
+    mask: Callable[[CaseRandom], np.ndarray] | None = None, **options: Any,
 ) -> Case:  # fmt: skip
     op = "additive_attention"
     rng = case_rng(f"{op}/{case_id}")
@@ -416,14 +611,14 @@ def _additive(
     return Case(op, case_id, inputs, options, note=note)
 
 
-def _empty_batch(rng: np.random.Generator) -> np.ndarray:
+def _empty_batch(rng: CaseRandom) -> np.ndarray:
     mask = rng.random((2, 7)) < 0.6
     mask[0] = False  # batch 0 attends nothing: context and weights 0
     mask[1, 3] = True
     return mask
 
 
-def _hole_at_centre(rng: np.random.Generator) -> np.ndarray:
+def _hole_at_centre(rng: CaseRandom) -> np.ndarray:
     mask = np.ones((2, 7), dtype=bool)
     mask[0, 3] = False
     return mask
@@ -432,6 +627,12 @@ def _hole_at_centre(rng: np.random.Generator) -> np.ndarray:
 def _additive_cases() -> list[Case]:
     # fmt: off
     return [
+        replace(_additive("layout-fortran", "Fortran-ordered x and w_in", window=(1, 2)),
+                layouts={"x": "fortran", "w_in": "fortran"}),
+        replace(_additive("layout-sliced", "x and w_in with an innermost stride of 2"),
+                layouts={"x": "sliced", "w_in": "sliced"}),
+        replace(_additive("layout-negative-strides", "x read backwards along the sequence", window=(1, 2)),
+                layouts={"x": "negative-strides"}),
         _additive("global", "global attention pooling"),
         _additive("global-b-out", "b_out shifts every score alike", b_out=0.75),
         _additive("global-mask", "mask with a batch attending nothing", mask=_empty_batch),
@@ -489,6 +690,12 @@ def _luong_cases() -> list[Case]:
     # fmt: off
     return [
         *cases,
+        replace(_luong("layout-fortran", "Fortran-ordered h_t and h_s", score="general"),
+                layouts={"h_t": "fortran", "h_s": "fortran", "w_a": "fortran"}),
+        replace(_luong("layout-sliced", "h_s with an innermost stride of 2", mode="local-m", half_width=2),
+                layouts={"h_t": "sliced", "h_s": "sliced"}),
+        replace(_luong("layout-negative-strides", "h_s read backwards", mode="local-p", half_width=2),
+                layouts={"h_s": "negative-strides"}),
         _luong("global-source-lengths", "source_lengths 7 and 3", source_lengths=lengths),
         _luong("global-source-lengths-0", "an empty source: zeros", source_lengths=np.array([0, 5])),
         _luong("global-source-lengths-list", "source_lengths as a list", source_lengths=[2, 7]),
@@ -530,6 +737,14 @@ _NAMED: dict[str, Callable[[], list[Case]]] = {
 
 def named_cases(op: str) -> list[Case]:
     """The named (non-error) edge cases of ``op``."""
+    if op in GRADIENT_OF:
+        from attnref.conformance.gradients import gradient_cases
+
+        return gradient_cases(op)
+    if op in ("paged_attention", "merge_attention_states"):
+        from attnref.conformance.states import state_cases
+
+        return state_cases(op)
     return _NAMED[op]()
 
 
@@ -666,22 +881,38 @@ def error_cases(op: str) -> list[Case]:
     """The invalid-input cases of ``op`` (ids start with ``error-``)."""
     if op in MULTIHEAD_OPS:
         return _multihead_errors(op)
+    if op in GRADIENT_OF:
+        from attnref.conformance.gradients import gradient_error_cases
+
+        return gradient_error_cases(op)
+    if op in ("paged_attention", "merge_attention_states"):
+        from attnref.conformance.states import state_error_cases
+
+        return state_error_cases(op)
     return _additive_errors() if op == "additive_attention" else _luong_errors()
 
 
 # -- the whole catalogue -----------------------------------------------------
-def catalogue(ops: Iterable[str] | None = None, examples: int = DEFAULT_EXAMPLES, seed: int = 0) -> list[Case]:
-    """Every case of the selected ops: named, error and ``examples`` random ones per op.
+def catalogue(
+    ops: Iterable[str] | None = None, examples: int = DEFAULT_EXAMPLES, seed: int = 0, *, long: bool = False
+) -> list[Case]:
+    """Every case of the selected ops: named, error and ``examples`` random ones per op, and with
+    ``long`` the long-context tier (:mod:`attnref.conformance.long`).
 
-    The order and the ids depend only on ``ops``, ``examples`` and ``seed``.
+    The order and the ids depend only on ``ops``, ``examples``, ``seed`` and ``long``.
     """
     selected = [op for op in OPS if ops is None or op in set(ops)]
     cases: list[Case] = []
     for op in selected:
         cases += named_cases(op) + error_cases(op)
     if examples > 0:
-        from attnref.conformance.strategies import random_cases  # imports hypothesis: only when needed
+        from attnref.conformance.strategies import random_cases
 
         for op in selected:
             cases += random_cases(op, examples, seed)
+    if long:
+        from attnref.conformance.long import long_cases
+
+        for op in selected:
+            cases += long_cases(op)
     return cases

@@ -12,24 +12,26 @@ Options:
     The backend to check (required; without it every conformance test skips).
 ``--attnref-dtype NAME``, ``--attnref-op NAME``
     Restrict the dtypes or ops (repeatable; default all).
-``--attnref-examples N``, ``--attnref-seed S``
-    Random cases per op and their seed, as ``attnref conform``.
+``--attnref-examples N``, ``--attnref-seed S``, ``--attnref-long``, ``--attnref-strict``
+    Random cases per op and their seed, the long-context tier, unsupported
+    tests as failures: as ``attnref conform``. pytest's own ``-k`` filters.
 ``--attnref-xfails FILE``
-    Expected failures. One entry a line: a glob pattern over the test ids
-    ``op/case/dtype`` (``global_attention/nan-*/float16``), optionally
-    preceded by ``skip`` to skip instead of xfail, optionally followed by
-    ``# reason``. Entries matching no test of the catalogue, and entries whose
-    tests all passed, are reported as stale with a warning.
+    Expected failures, the same file as ``attnref conform --xfail``. One entry a
+    line: a glob pattern over the test ids ``op/case/dtype``
+    (``global_attention/nan-*/float16``), optionally preceded by ``skip`` to
+    skip instead of xfail, optionally followed by ``# reason``. Entries
+    matching no test of the catalogue, and entries whose tests all passed, are
+    reported as stale with a warning.
 
-Each test is one ``op/case/dtype``; an op or dtype the backend does not declare
-is skipped as unsupported, an unavailable backend skips everything with its
-reason. Parametrization depends only on the options, so every pytest-xdist
+Each test is one ``op/case/dtype``; an op or dtype the backend does not declare,
+or an :class:`attnref.UnsupportedError` it raises, is skipped as unsupported. A
+backend that is unknown, failed to load or is unavailable here is a usage error
+(exit status 4), never a green run of skipped tests. Parametrization depends only on the options, so every pytest-xdist
 worker collects the same tests.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -38,45 +40,20 @@ from typing import Any
 
 import pytest
 
-__all__ = ["XfailEntry", "read_xfails", "conformance_params", "check"]
+__all__ = ["read_xfails", "conformance_params", "check"]
 
 _SETTINGS = pytest.StashKey["_Settings"]()
 _NO_BACKEND = "no --attnref-backend given (run: pytest --pyargs attnref.conformance --attnref-backend NAME)"
 
 
-@dataclass
-class XfailEntry:
-    """One line of an ``--attnref-xfails`` file."""
+def read_xfails(path: Path) -> list[Any]:
+    """Parse an xfail file (see :mod:`attnref.conformance.selection`); a malformed line is a usage error."""
+    from attnref.conformance.selection import read_xfails as parse
 
-    pattern: str
-    reason: str
-    skip: bool
-    line: int
-    matched: int = 0  # tests collected with this entry
-    xfailed: int = 0  # of those, how many failed as expected
-    xpassed: int = 0  # and how many passed anyway
-
-    def matches(self, key: str) -> bool:
-        """Whether the test id ``key`` (``op/case/dtype``) falls under this entry."""
-        return fnmatch.fnmatchcase(key, self.pattern)
-
-
-def read_xfails(path: Path) -> list[XfailEntry]:
-    """Parse an xfail file (see the module docstring for the format)."""
-    entries = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        text, _, reason = raw.partition("#")
-        words = text.split()
-        if not words:
-            continue
-        skip = words[0] == "skip"
-        if skip:
-            words = words[1:]
-        if len(words) != 1:
-            raise pytest.UsageError(f"--attnref-xfails {path}:{number}: expected '[skip] PATTERN [# reason]'")
-        reason = reason.strip() or f"listed in {path.name}:{number}"
-        entries.append(XfailEntry(words[0], reason, skip, number))
-    return entries
+    try:
+        return parse(path)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--attnref-xfails {exc}") from exc
 
 
 @dataclass
@@ -87,9 +64,10 @@ class _Settings:
     examples: int
     seed: int
     xfails_path: Path | None
-    xfails: list[XfailEntry] = field(default_factory=list)
+    long: bool = False
+    strict: bool = False
+    xfails: list[Any] = field(default_factory=list)
     backend: Any = None
-    reason: str | None = None
     cache: Any = None
 
 
@@ -100,6 +78,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--attnref-op", action="append", metavar="NAME", help="op to check (repeatable)")
     group.addoption("--attnref-examples", type=int, metavar="N", help="seeded random cases per op")
     group.addoption("--attnref-seed", type=int, default=0, metavar="S", help="seed of the random cases (default 0)")
+    group.addoption("--attnref-long", action="store_true", help="add the long-context tier (as attnref conform --long)")
+    group.addoption("--attnref-strict", action="store_true", help="fail unsupported tests instead of skipping them")
     group.addoption("--attnref-xfails", metavar="FILE", help="file of expected failures: '[skip] PATTERN [# reason]'")
 
 
@@ -129,6 +109,8 @@ def pytest_configure(config: pytest.Config) -> None:
         examples=DEFAULT_EXAMPLES if examples is None else max(0, examples),
         seed=config.getoption("attnref_seed"),
         xfails_path=None if path is None else Path(path),
+        long=bool(config.getoption("attnref_long")),
+        strict=bool(config.getoption("attnref_strict")),
         cache=ReferenceCache(),
     )
     if settings.xfails_path is not None:
@@ -139,7 +121,9 @@ def pytest_configure(config: pytest.Config) -> None:
         (target,) = resolve_targets([name])
     except BackendNotFoundError as exc:
         raise pytest.UsageError(f"--attnref-backend: {exc}") from exc
-    settings.backend, settings.reason = target.backend, target.reason
+    if target.backend is None:  # a backend asked for by name that cannot run is an error, never a green run
+        raise pytest.UsageError(f"--attnref-backend: backend {name!r} cannot run here: {target.reason}")
+    settings.backend = target.backend
     config.stash[_SETTINGS] = settings
     if settings.xfails:
         config.pluginmanager.register(_XfailTracker(settings), "attnref-xfail-tracker")
@@ -150,10 +134,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if settings is None:
         return []
     b = settings.backend
-    if b is None:
-        state = f"backend {settings.backend_name}: unavailable ({settings.reason}); every test skips"
-    else:
-        state = f"backend {b.name} {b.version} (ops: {', '.join(sorted(b.ops))}; dtypes: {', '.join(sorted(b.dtypes))})"
+    state = f"backend {b.name} {b.version} (ops: {', '.join(sorted(b.ops))}; dtypes: {', '.join(sorted(b.dtypes))})"
     xfails = "none" if settings.xfails_path is None else f"{settings.xfails_path} ({len(settings.xfails)} entries)"
     return [
         f"attnref conformance: {state}",
@@ -169,7 +150,7 @@ def conformance_params(config: pytest.Config) -> list[Any]:
         return [pytest.param(None, None, marks=pytest.mark.skip(reason=_NO_BACKEND), id="no-backend")]
     from attnref.conformance.cases import catalogue
 
-    cases = catalogue(settings.ops, settings.examples, settings.seed)
+    cases = catalogue(settings.ops, settings.examples, settings.seed, long=settings.long)
     params = []
     for case in cases:
         for dtype in settings.dtypes:
@@ -250,12 +231,10 @@ def check(config: pytest.Config, case: Any, dtype: str | None) -> None:
     settings = config.stash.get(_SETTINGS, None)
     if settings is None or case is None:
         pytest.skip(_NO_BACKEND)
-    if settings.backend is None:
-        pytest.skip(f"backend {settings.backend_name} is unavailable: {settings.reason}")
     from attnref.conformance.runner import run_case
 
     result = run_case(settings.backend, case, dtype, settings.cache)
-    if result.status == "unsupported":
+    if result.status == "unsupported" and not settings.strict:
         pytest.skip(f"unsupported: {result.detail}")
     if result.status == "pass":
         return

@@ -21,6 +21,7 @@ text, and the run goes on.
 from __future__ import annotations
 
 import math
+import re
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -29,10 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from attnref.conformance.cases import Case, case_rng
-from attnref.conformance.tolerance import Verdict, accumulation_dtype, eps, judge
+from attnref.conformance.cases import GRADIENT_OF, MULTIHEAD_OPS, Case, Host
+from attnref.conformance.layouts import native_layout
+from attnref.conformance.randomness import case_rng
+from attnref.conformance.selection import XfailEntry, find_xfail
+from attnref.conformance.tolerance import GRADIENT_FACTOR, NAIVE_FACTOR, Verdict, judge, largest, unit_roundoff
 from attnref.dtypes import DTYPE_NAMES, numpy_dtype
-from attnref.errors import BackendError, BackendNotFoundError, BackendUnavailableError
+from attnref.errors import BackendError, BackendNotFoundError, BackendUnavailableError, UnsupportedError
 
 __all__ = [
     "STATUSES",
@@ -42,7 +46,9 @@ __all__ = [
     "Report",
     "ReferenceCache",
     "rounded_inputs",
+    "names_argument",
     "run_case",
+    "save_case",
     "resolve_targets",
     "run_suite",
 ]
@@ -56,8 +62,12 @@ class Result:
 
     ``err`` and ``allowed`` are the worst returned array's error and bound
     (``None`` for error cases, errors and unsupported cases; ``err`` is
-    ``inf`` when a NaN or infinity does not match). ``trace`` holds the
-    traceback of an ``error`` (not part of the JSON report).
+    ``inf`` when a NaN or infinity does not match). ``feature`` names what an
+    ``unsupported`` result lacks (the op, the dtype, or the feature of an
+    :class:`attnref.UnsupportedError`). ``description`` and ``parameters``
+    describe the case, so that a failure can be reproduced from the JSON
+    alone; ``xfail`` is the reason of the xfail entry the test matched.
+    ``trace`` holds the traceback of an ``error`` (not part of the JSON report).
     """
 
     op: str
@@ -68,6 +78,10 @@ class Result:
     allowed: float | None = None
     detail: str | None = None
     trace: str | None = None
+    feature: str | None = None
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    xfail: str | None = None
 
     @property
     def key(self) -> str:
@@ -97,7 +111,16 @@ class Result:
             "err": number(self.err),
             "allowed": number(self.allowed),
             "detail": self.detail,
+            "feature": self.feature,
+            "xfail": self.xfail,
+            "description": self.description,
+            "parameters": self.parameters,
         }
+
+    @property
+    def counts_as_failure(self) -> bool:
+        """A fail or error that no xfail entry expected."""
+        return self.status in ("fail", "error") and self.xfail is None
 
 
 class ReferenceCache:
@@ -137,33 +160,77 @@ def _exception_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
+def _score_magnitudes(case: Case, inputs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """``|s_ij|`` of a dense multi-head case, ``(B, Hq, Lq, Lk)``, after the softcap and before the
+    bias (``None`` for other ops): the size of one rounding of each score, in units of ``u``."""
+    if case.op.removesuffix("_vjp") not in MULTIHEAD_OPS or "cu_seqlens_q" in case.options:
+        return None
+    q, k = (np.asarray(inputs[name], dtype=np.float64) for name in ("q", "k"))
+    group = q.shape[1] // k.shape[1]
+    scale = case.options.get("scale")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    with np.errstate(all="ignore"):
+        s = scale * np.einsum("bhid,bhjd->bhij", q, np.repeat(k, group, axis=1))
+        softcap = case.options.get("softcap")
+        if softcap is not None:
+            s = float(softcap) * np.tanh(s / float(softcap))
+    return np.nan_to_num(np.abs(s), nan=0.0, posinf=0.0)  # a NaN score is NaN however it moves
+
+
 def _moved(case: Case, inputs: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
-    """The inputs in float64, each entry moved by one rounding of the accumulation dtype, up or down."""
+    """The inputs in float64 with each entry, and each score, moved by one rounding of ``dtype``
+    (fixed random signs): see :mod:`attnref.conformance.tolerance`."""
     rng = case_rng(f"{case.key}/moved")
-    step = eps(accumulation_dtype(dtype))
+    u = unit_roundoff(dtype)
     moved = {}
     for name, a in inputs.items():
-        signs = rng.choice(np.array([-1.0, 1.0]), size=a.shape)
+        signs = rng.choice([-1.0, 1.0], size=np.shape(a))
         with np.errstate(invalid="ignore"):  # inf stays inf, NaN stays NaN
-            moved[name] = np.asarray(a, dtype=np.float64) * (1.0 + step * signs)
+            moved[name] = np.asarray(a, dtype=np.float64) * (1.0 + u * signs)
+    magnitudes = _score_magnitudes(case, inputs)
+    if magnitudes is not None:
+        step = u * magnitudes * rng.choice([-1.0, 1.0], size=magnitudes.shape)
+        moved["bias"] = moved["bias"] + step if "bias" in moved else step
     return moved
+
+
+def _sum_to_shape(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``array`` summed over the axes that broadcasting a ``shape`` array to its shape added or stretched."""
+    lead = array.ndim - len(shape)
+    stretched = (lead + n for n, size in enumerate(shape) if size == 1 and array.shape[lead + n] != 1)
+    axes = tuple(range(lead)) + tuple(stretched)
+    return np.asarray(array).sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def _outputs_by_name(case: Case, values: Any, bias_added: bool) -> dict[str, Any]:
+    """The moved run's outputs by name. Its bias carries the score perturbation in the full scores'
+    shape, so its ``dbias`` is summed back to the case's bias shape (the chain rule of the broadcast)."""
+    names = list(case.outputs)
+    if bias_added and "dbias" not in names and case.op.endswith("_vjp"):
+        names.insert(3, "dbias")
+    outputs = dict(zip(names, _as_tuple(values), strict=True))
+    if "dbias" in outputs and "bias" in case.inputs:
+        outputs["dbias"] = _sum_to_shape(outputs["dbias"], np.shape(case.inputs["bias"]))
+    return outputs
 
 
 def _reference_runs(case: Case, inputs: dict[str, np.ndarray], dtype: str) -> tuple[tuple, tuple, tuple]:
     """``(ref64, naive, moved)``: the reference in float64, at ``precision=dtype``, and in
-    float64 on inputs moved by one rounding (see :mod:`attnref.conformance.tolerance`)."""
+    float64 on inputs and scores moved by one rounding (see :mod:`attnref.conformance.tolerance`)."""
     fn = _reference(case.op)
     args, kwargs = case.arguments(inputs, lambda a: a)
-    moved_args, moved_kwargs = case.arguments(_moved(case, inputs, dtype), lambda a: a)
+    moved_inputs = _moved(case, inputs, dtype)
+    moved_args, moved_kwargs = case.arguments(moved_inputs, lambda a: a)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         ref = _as_tuple(fn(*args, **kwargs))
         naive = _as_tuple(fn(*args, **kwargs, precision=dtype))
-        moved = _as_tuple(fn(*moved_args, **moved_kwargs))
-    return ref, naive, moved
+        moved = _outputs_by_name(case, fn(*moved_args, **moved_kwargs), "bias" not in inputs and "bias" in moved_inputs)
+    return ref, naive, tuple(moved[name] for name in case.outputs)
 
 
-def _reference_error(case: Case, inputs: dict[str, np.ndarray]) -> type[BaseException] | None:
+def _reference_error(case: Case, inputs: dict[str, np.ndarray]) -> tuple[type[BaseException], str] | None:
+    """The class of the reference's error on these inputs and the argument its message names."""
     fn = _reference(case.op)
     args, kwargs = case.arguments(inputs, lambda a: a)
     try:
@@ -171,7 +238,7 @@ def _reference_error(case: Case, inputs: dict[str, np.ndarray]) -> type[BaseExce
             warnings.simplefilter("ignore", RuntimeWarning)
             fn(*args, **kwargs)
     except Exception as exc:
-        return type(exc)
+        return type(exc), str(exc).partition(": expected")[0]
     return None
 
 
@@ -183,9 +250,18 @@ def _error_class(cls: type[BaseException]) -> type[BaseException]:
     return cls
 
 
+def names_argument(message: str, argument: str) -> bool:
+    """Whether ``message`` names ``argument`` as a word (``q`` in ``"q: expected..."``, not in ``"seq"``)."""
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(argument)}(?![A-Za-z0-9_])", message) is not None
+
+
+def _native_inputs(backend: Any, case: Case, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {name: native_layout(backend, a, case.layouts.get(name)) for name, a in inputs.items()}
+
+
 def _call_backend(backend: Any, case: Case, inputs: dict[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
     """The op's return value, and the native inputs it was given."""
-    native = {name: backend.asarray(a) for name, a in inputs.items()}
+    native = _native_inputs(backend, case, inputs)
     args, kwargs = case.arguments(native, backend.asarray)
     return getattr(backend, case.op)(*args, **kwargs), native
 
@@ -199,18 +275,29 @@ def _modified_input(backend: Any, inputs: dict[str, np.ndarray], native: dict[st
     return None
 
 
+def _unsupported(result: Result, exc: UnsupportedError) -> Result:
+    return _with(result, "unsupported", feature=exc.feature, detail=_exception_text(exc))
+
+
 def _run_error_case(backend: Any, case: Case, dtype: str, inputs: dict[str, np.ndarray], cache: ReferenceCache):
-    base = Result(case.op, case.id, dtype, "pass")
+    base = _result(case, dtype)
     expected = cache.get((case.key, dtype), lambda: _reference_error(case, inputs))
     if expected is None:
         return _with(base, "error", detail="catalogue problem: the reference accepts this error case")
-    want = _error_class(expected)
+    want, argument = _error_class(expected[0]), expected[1]
+    names = (argument, *case.names)
     try:
         _call_backend(backend, case, inputs)
+    except UnsupportedError as exc:
+        return _unsupported(base, exc)
     except Exception as exc:
-        if isinstance(exc, want):
-            return base
-        return _with(base, "fail", detail=f"raised {_exception_text(exc)}; the reference raises {want.__name__}")
+        if not isinstance(exc, want):
+            return _with(base, "fail", detail=f"raised {_exception_text(exc)}; the reference raises {want.__name__}")
+        if not any(names_argument(str(exc), name) for name in names):
+            return _with(
+                base, "fail", detail=f"raised {_exception_text(exc)}: the message must name {' or '.join(names)}"
+            )
+        return base
     return _with(base, "fail", detail=f"accepted invalid input ({case.note}); the reference raises {want.__name__}")
 
 
@@ -219,6 +306,10 @@ def _with(result: Result, status: str, **changes: Any) -> Result:
     for name, value in changes.items():
         setattr(result, name, value)
     return result
+
+
+def _result(case: Case, dtype: str, status: str = "pass", **changes: Any) -> Result:
+    return Result(case.op, case.id, dtype, status, description=case.note, parameters=case.parameters(), **changes)
 
 
 def _check_array(name: str, array: Any, ref: np.ndarray, dtype: str, exact_dtype: bool) -> str | None:
@@ -236,10 +327,12 @@ def _check_array(name: str, array: Any, ref: np.ndarray, dtype: str, exact_dtype
 
 
 def _run_value_case(backend: Any, case: Case, dtype: str, inputs: dict[str, np.ndarray], cache: ReferenceCache):
-    base = Result(case.op, case.id, dtype, "pass")
+    base = _result(case, dtype)
     ref, naive, moved = cache.get((case.key, dtype), lambda: _reference_runs(case, inputs, dtype))
     try:
         returned, native = _call_backend(backend, case, inputs)
+    except UnsupportedError as exc:
+        return _unsupported(base, exc)
     except Exception as exc:
         return _with(base, "error", detail=_exception_text(exc), trace=traceback.format_exc(limit=-8))
     changed = _modified_input(backend, inputs, native)
@@ -254,16 +347,30 @@ def _run_value_case(backend: Any, case: Case, dtype: str, inputs: dict[str, np.n
         arrays = [backend.to_numpy(a) for a in _as_tuple(returned)]
     except Exception as exc:
         return _with(base, "error", detail=f"to_numpy: {_exception_text(exc)}", trace=traceback.format_exc(limit=-8))
+    factor = GRADIENT_FACTOR if case.op.endswith("_vjp") else NAIVE_FACTOR
+    gradient_scale = _gradient_scale(case, inputs, ref)
     verdicts: list[Verdict] = []
     for index, (name, got) in enumerate(zip(names, arrays, strict=True)):
-        problem = _check_array(name, got, ref[index], dtype, exact_dtype=index == 0)
+        problem = _check_array(name, got, ref[index], case.output_dtype(name, dtype), exact_dtype=case.exact(name))
         if problem is not None:
             return _with(base, "fail", detail=problem)
-        terms = inputs.get(case.terms.get(name, ""))
-        verdicts.append(judge(name, got, ref[index], naive[index], dtype, terms, moved[index]))
+        terms = gradient_scale if gradient_scale is not None else inputs.get(case.terms.get(name, ""))
+        verdicts.append(judge(name, got, ref[index], naive[index], dtype, terms, moved[index], factor))
     worst = max(verdicts, key=lambda v: (not v.ok, v.ratio))
     status = "pass" if all(v.ok for v in verdicts) else "fail"
     return _with(base, status, err=worst.err, allowed=worst.allowed, detail=None if worst.ok else worst.detail)
+
+
+def _gradient_scale(case: Case, inputs: dict[str, np.ndarray], ref: tuple) -> np.ndarray | None:
+    """The floor's scale of every gradient of a VJP case: the largest of all its gradients and ``dout``.
+
+    One backward pass accumulates every gradient from the same ``dS = P * (dP - rowsum(dout * out))``
+    and ``dout``, so its honest rounding is of the size of the largest of them, not of each
+    gradient's own (a small ``dk`` can be the difference of large terms). ``None`` for forward ops.
+    """
+    if case.op not in GRADIENT_OF:
+        return None
+    return np.array([max(largest(r) for r in ref), largest(inputs.get("dout"))])
 
 
 def run_case(backend: Any, case: Case, dtype: str, cache: ReferenceCache | None = None) -> Result:
@@ -279,10 +386,13 @@ def run_case(backend: Any, case: Case, dtype: str, cache: ReferenceCache | None 
     cache : ReferenceCache, optional
         Shares the reference runs between backends.
     """
+    # Not run: no parameters (they would build a long case's arrays for nothing).
     if case.op not in backend.ops:
-        return Result(case.op, case.id, dtype, "unsupported", detail=f"backend does not implement {case.op}")
+        detail = f"backend does not implement {case.op}"
+        return Result(case.op, case.id, dtype, "unsupported", feature=case.op, detail=detail, description=case.note)
     if dtype not in backend.dtypes:
-        return Result(case.op, case.id, dtype, "unsupported", detail=f"backend does not support {dtype}")
+        detail = f"backend does not support {dtype}"
+        return Result(case.op, case.id, dtype, "unsupported", feature=dtype, detail=detail, description=case.note)
     cache = cache if cache is not None else ReferenceCache()
     inputs = rounded_inputs(case, dtype)
     try:
@@ -290,17 +400,56 @@ def run_case(backend: Any, case: Case, dtype: str, cache: ReferenceCache | None 
             return _run_error_case(backend, case, dtype, inputs, cache)
         return _run_value_case(backend, case, dtype, inputs, cache)
     except Exception as exc:  # asarray or the harness itself: reported, the run goes on
-        return Result(case.op, case.id, dtype, "error", detail=_exception_text(exc), trace=traceback.format_exc())
+        return _result(case, dtype, "error", detail=_exception_text(exc), trace=traceback.format_exc())
+
+
+def save_case(case: Case, dtypes: Sequence[str], path: Any) -> None:
+    """Write ``case`` to the ``.npz`` file ``path``: for every dtype its rounded inputs and the
+    reference's outputs (``ref64``, and ``naive`` at that precision), with its description.
+
+    Keys: ``description``, ``parameters`` (JSON text), ``<dtype>/input/<name>``, ``<dtype>/option/<name>``
+    (array options), ``<dtype>/ref64/<output>`` and ``<dtype>/naive/<output>``; for an error case
+    ``<dtype>/error`` holds the reference's error class and message.
+    """
+    import json
+
+    arrays: dict[str, np.ndarray] = {
+        "description": np.array(f"{case.key}: {case.note}"),
+        "parameters": np.array(json.dumps(case.parameters())),
+    }
+    for dtype in dtypes:
+        inputs = rounded_inputs(case, dtype)
+        for name, a in inputs.items():
+            arrays[f"{dtype}/input/{name}"] = a
+        for name, value in case.options.items():
+            value = value.value if isinstance(value, Host) else value
+            if isinstance(value, np.ndarray):
+                arrays[f"{dtype}/option/{name}"] = value
+        if case.expect_error:
+            cls, argument = _reference_error(case, inputs) or (type(None), "")
+            arrays[f"{dtype}/error"] = np.array(f"{cls.__name__} naming {argument}")
+            continue
+        ref, naive, _ = _reference_runs(case, inputs, dtype)
+        for name, r, n in zip(case.outputs, ref, naive, strict=True):
+            arrays[f"{dtype}/ref64/{name}"] = np.asarray(r)
+            arrays[f"{dtype}/naive/{name}"] = np.asarray(n).astype(np.float64)
+    with open(path, "wb") as file:
+        np.savez_compressed(file, **arrays)
 
 
 # -- whole runs --------------------------------------------------------------
 @dataclass
 class Target:
-    """A backend selected for a run: its object, or why it cannot run."""
+    """A backend selected for a run: its object, or why it cannot run.
+
+    ``named`` is True when the user asked for it by name (``--backend``): then
+    not being able to run it is an error, not a note.
+    """
 
     name: str
     backend: Any = None
     reason: str | None = None
+    named: bool = False
 
     @property
     def available(self) -> bool:
@@ -311,8 +460,9 @@ class Target:
 def resolve_targets(names: Sequence[str] | None = None, registry: Any = None) -> list[Target]:
     """The backends to run: ``names``, or every registered one.
 
-    Unavailable backends become targets with a ``reason``; an unknown name
-    raises :class:`~attnref.errors.BackendNotFoundError`.
+    A backend that is unavailable or failed to load becomes a target with a
+    ``reason``; an unknown name raises
+    :class:`~attnref.errors.BackendNotFoundError`.
     """
     from attnref.registry import default_registry
 
@@ -321,14 +471,14 @@ def resolve_targets(names: Sequence[str] | None = None, registry: Any = None) ->
     targets = []
     for name in chosen:
         try:
-            targets.append(Target(name, backend=registry.get(name)))
+            targets.append(Target(name, backend=registry.get(name), named=bool(names)))
         except BackendNotFoundError:
             raise
         except BackendUnavailableError:
             reasons = {s.backend: s.detail for s in registry.statuses() if s.state == "unavailable"}
-            targets.append(Target(name, reason=reasons.get(name) or "unavailable"))
+            targets.append(Target(name, reason=reasons.get(name) or "unavailable", named=bool(names)))
         except BackendError as exc:  # e.g. two plugins claim the name: reported, not run
-            targets.append(Target(name, reason=str(exc)))
+            targets.append(Target(name, reason=str(exc), named=bool(names)))
     return targets
 
 
@@ -341,13 +491,24 @@ class BackendReport:
     reason: str | None = None
     version: str | None = None
     results: list[Result] = field(default_factory=list)
+    named: bool = False
+    skipped: int = 0  # tests an xfail file's ``skip`` entries left out
 
     def summary(self) -> dict[str, int]:
-        """Counts by status."""
+        """Counts by status (the contract's four), plus ``xfailed``: failures an xfail entry expected."""
         counts = dict.fromkeys(STATUSES, 0)
         for r in self.results:
             counts[r.status] += 1
+        counts["xfailed"] = sum(r.status in ("fail", "error") and r.xfail is not None for r in self.results)
         return counts
+
+    def unsupported_features(self) -> dict[str, int]:
+        """How many tests each missing feature (op, dtype or ``UnsupportedError`` feature) made unsupported."""
+        counts: dict[str, int] = {}
+        for r in self.results:
+            if r.status == "unsupported":
+                counts[r.feature or "?"] = counts.get(r.feature or "?", 0) + 1
+        return dict(sorted(counts.items()))
 
     def as_json(self) -> dict[str, Any]:
         """The backend's entry in the JSON report."""
@@ -355,20 +516,40 @@ class BackendReport:
             "available": self.available,
             "reason": self.reason,
             "summary": self.summary(),
+            "unsupported_features": self.unsupported_features(),
             "cases": [r.as_json() for r in self.results],
         }
 
 
 @dataclass
 class Report:
-    """The results of a whole run."""
+    """The results of a whole run; ``strict`` makes ``unsupported`` a failure."""
 
     backends: dict[str, BackendReport] = field(default_factory=dict)
+    strict: bool = False
+
+    def problems(self) -> list[str]:
+        """Why the run is not a PASS, one line each (empty when it is)."""
+        lines = []
+        for name, entry in self.backends.items():
+            if not entry.available and entry.named:
+                lines.append(f"backend {name!r} was asked for but cannot run: {entry.reason}")
+            failed = sum(r.counts_as_failure for r in entry.results)
+            if failed:
+                lines.append(f"backend {name!r}: {failed} tests failed or errored")
+            unsupported = entry.summary()["unsupported"]
+            if self.strict and unsupported:
+                features = ", ".join(entry.unsupported_features())
+                lines.append(f"backend {name!r}: {unsupported} tests unsupported (--strict): {features}")
+        ran = sum(r.status != "unsupported" for entry in self.backends.values() for r in entry.results)
+        if ran == 0:
+            lines.append("no case ran (no available backend, or every selected test was unsupported or filtered out)")
+        return lines
 
     @property
     def ok(self) -> bool:
-        """True when nothing failed or errored."""
-        return all(r.status in ("pass", "unsupported") for b in self.backends.values() for r in b.results)
+        """True when every named backend ran, some case ran, and nothing failed or errored."""
+        return not self.problems()
 
     def as_json(self) -> dict[str, Any]:
         """The JSON report of the contract (section 5)."""
@@ -384,24 +565,41 @@ def run_suite(
     *,
     cache: ReferenceCache | None = None,
     on_result: Callable[[str, Result], None] | None = None,
+    xfails: Sequence[XfailEntry] = (),
+    select: Callable[[str], bool] | None = None,
+    strict: bool = False,
 ) -> Report:
     """Run every case in every dtype on every available target.
 
-    ``on_result(backend_name, result)`` is called after each case (for a
-    progress bar). Unavailable targets are reported with their reason.
+    ``select(test_id)`` keeps a test (``-k``); an xfail entry marks the
+    failures it expects (``skip`` entries are not run). ``on_result(backend_name,
+    result)`` is called after each case (for a progress bar). Unavailable
+    targets are reported with their reason.
     """
     cache = cache if cache is not None else ReferenceCache()
-    report = Report()
+    report = Report(strict=strict)
+    tests = [(case, dtype) for case in cases for dtype in dtypes if select is None or select(f"{case.key}/{dtype}")]
     for target in targets:
         if not target.available:
-            report.backends[target.name] = BackendReport(target.name, False, reason=target.reason)
+            report.backends[target.name] = BackendReport(target.name, False, reason=target.reason, named=target.named)
             continue
         version = str(getattr(target.backend, "version", ""))
-        entry = report.backends[target.name] = BackendReport(target.name, True, version=version)
-        for case in cases:
-            for dtype in dtypes:
-                result = run_case(target.backend, case, dtype, cache)
-                entry.results.append(result)
-                if on_result is not None:
-                    on_result(target.name, result)
+        entry = report.backends[target.name] = BackendReport(target.name, True, version=version, named=target.named)
+        for case, dtype in tests:
+            expected = find_xfail(xfails, f"{case.key}/{dtype}")
+            if expected is not None and expected.skip:
+                expected.matched += 1
+                entry.skipped += 1
+                continue
+            result = run_case(target.backend, case, dtype, cache)
+            if expected is not None:
+                expected.matched += 1
+                if result.status in ("fail", "error"):
+                    result.xfail = expected.reason
+                    expected.xfailed += 1
+                elif result.status == "pass":
+                    expected.xpassed += 1
+            entry.results.append(result)
+            if on_result is not None:
+                on_result(target.name, result)
     return report

@@ -1,15 +1,14 @@
-"""Seeded random cases, drawn with hypothesis strategies capped in size.
+"""Seeded random cases: small random configurations drawn from a version-proof stream.
 
-A strategy here draws a small *configuration* (sizes, options, which
-optional inputs are present, a data seed); the arrays are then built from a
-NumPy generator seeded with that data seed, like the named cases. Sizes stay
-small (sequence lengths up to 9, head sizes up to 8) so a few dozen examples
-take well under a second on any backend.
-
-Examples are drawn by running hypothesis' own engine (generation phase only,
-no database, fixed seed) and collecting what it generates: the same seed gives
-the same cases, in the same order, in every process and pytest-xdist worker
-(for a given hypothesis version).
+For op ``op``, seed ``S`` and index ``n`` the case ``random-s<S>-<n>`` draws a
+small *configuration* (sizes, options, which optional inputs are present) and
+then its arrays from one :class:`~attnref.conformance.randomness.CaseRandom`
+stream seeded with ``(crc32(op), S, n)``. A case therefore depends on nothing
+but its own id: not on how many examples were asked for, not on the other
+cases, not on any dependency's version (see
+:mod:`attnref.conformance.randomness`). Sizes stay small (sequence lengths up
+to 9, feature sizes up to 8) so a few dozen examples take well under a second
+on any backend.
 """
 
 from __future__ import annotations
@@ -17,127 +16,117 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import seed as hypothesis_seed
-from hypothesis import strategies as st
 
-from attnref.conformance.cases import Case, case_rng
+from attnref.conformance.cases import GRADIENT_OF, Case
+from attnref.conformance.gradients import with_upstream
+from attnref.conformance.randomness import CaseRandom, case_rng
 
-__all__ = ["MAX_LENGTH", "MAX_DIM", "configs", "draw", "random_cases"]
+__all__ = ["MAX_LENGTH", "MAX_DIM", "config", "random_case", "random_cases"]
 
 #: Largest sequence length of a random case.
 MAX_LENGTH = 9
 #: Largest feature size of a random case.
 MAX_DIM = 8
 
-_lengths = st.integers(1, MAX_LENGTH)
-_dims = st.integers(1, MAX_DIM)
-_window_side = st.one_of(st.none(), st.just(-1), st.integers(0, MAX_LENGTH + 1))
+
+def _maybe(rng: CaseRandom, draw: Any, p_none: float = 0.5) -> Any:
+    """``None`` with probability ``p_none``, else ``draw()``."""
+    return None if rng.boolean(p_none) else draw()
 
 
-@st.composite
-def _multihead(draw: Any, op: str) -> dict[str, Any]:
-    group, kv_heads = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+def _window_side(rng: CaseRandom) -> int | None:
+    kind = rng.integers(0, 4)
+    return None if kind == 0 else -1 if kind == 1 else rng.integers(0, MAX_LENGTH + 2)
+
+
+def _lengths(rng: CaseRandom, batch: int, longest: int) -> list[int]:
+    return [rng.integers(0, longest + 1) for _ in range(batch)]
+
+
+def _multihead(rng: CaseRandom, op: str) -> dict[str, Any]:
+    group, kv_heads = rng.integers(1, 4), rng.integers(1, 3)
     c: dict[str, Any] = {
-        "B": draw(st.integers(1, 2)),
+        "B": rng.integers(1, 3),
         "Hq": group * kv_heads,
         "Hkv": kv_heads,
-        "Lq": draw(_lengths),
-        "Lk": draw(_lengths),
-        "D": draw(_dims),
-        "Dv": draw(_dims),
-        "magnitude": draw(st.sampled_from([0.5, 1.0, 3.0])),
+        "Lq": rng.integers(1, MAX_LENGTH + 1),
+        "Lk": rng.integers(1, MAX_LENGTH + 1),
+        "D": rng.integers(1, MAX_DIM + 1),
+        "Dv": rng.integers(1, MAX_DIM + 1),
+        "magnitude": rng.choice([0.5, 1.0, 3.0]),
     }
     if op == "global_attention":
-        c["causal"] = draw(st.booleans())
+        c["causal"] = rng.boolean()
     elif op == "local_attention":
-        c["window"] = draw(st.one_of(st.integers(0, MAX_LENGTH), st.tuples(_window_side, _window_side)))
+        c["window"] = rng.integers(0, MAX_LENGTH + 1) if rng.boolean(0.3) else (_window_side(rng), _window_side(rng))
     else:
-        c["chunk_size"] = draw(st.integers(1, MAX_LENGTH + 2))
-        c["causal"] = draw(st.booleans())
-    c["align"] = draw(st.sampled_from(["bottom_right", "top_left"]))
-    c["scale"] = draw(st.one_of(st.none(), st.floats(0.05, 2.0)))
-    c["softcap"] = draw(st.one_of(st.none(), st.floats(0.5, 20.0)))
-    c["bias"] = draw(st.sampled_from([None, "full", "rows", "heads"]))
-    c["mask"] = draw(st.sampled_from([None, "full", "rows"]))
-    c["kv_lengths"] = draw(st.one_of(st.none(), st.lists(st.integers(0, c["Lk"]), min_size=c["B"], max_size=c["B"])))
-    c["q_lengths"] = draw(st.one_of(st.none(), st.lists(st.integers(0, c["Lq"]), min_size=c["B"], max_size=c["B"])))
-    c["return_lse"] = draw(st.booleans())
-    c["data"] = draw(st.integers(0, 2**32 - 1))
+        c["chunk_size"] = rng.integers(1, MAX_LENGTH + 3)
+        c["causal"] = rng.boolean()
+    c["align"] = rng.choice(["bottom_right", "top_left"])
+    c["scale"] = _maybe(rng, lambda: round(0.05 + 1.95 * rng.random(), 4))
+    c["softcap"] = _maybe(rng, lambda: round(0.5 + 19.5 * rng.random(), 4))
+    c["bias"] = rng.choice([None, "full", "rows", "heads"])
+    c["mask"] = rng.choice([None, "full", "rows"])
+    c["kv_lengths"] = _maybe(rng, lambda: _lengths(rng, c["B"], c["Lk"]))
+    c["q_lengths"] = _maybe(rng, lambda: _lengths(rng, c["B"], c["Lq"]))
+    c["return_lse"] = rng.boolean()
     return c
 
 
-@st.composite
-def _additive(draw: Any) -> dict[str, Any]:
-    c: dict[str, Any] = {"B": draw(st.integers(1, 3)), "L": draw(_lengths), "Din": draw(_dims), "Dh": draw(_dims)}
-    c["window"] = draw(st.one_of(st.none(), st.integers(0, MAX_LENGTH), st.tuples(_window_side, _window_side)))
+def _additive(rng: CaseRandom) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "B": rng.integers(1, 4),
+        "L": rng.integers(1, MAX_LENGTH + 1),
+        "Din": rng.integers(1, MAX_DIM + 1),
+        "Dh": rng.integers(1, MAX_DIM + 1),
+    }
+    kind = rng.integers(0, 3)
+    c["window"] = None if kind == 0 else rng.integers(0, MAX_LENGTH + 1) if kind == 1 else (
+        _window_side(rng), _window_side(rng))  # fmt: skip
     c["center"] = None
     if c["window"] is not None:
-        centres = st.lists(st.integers(0, c["L"] - 1), min_size=c["B"], max_size=c["B"])
-        c["center"] = draw(st.one_of(st.none(), st.integers(0, c["L"] - 1), centres))
-    c["mask"] = draw(st.booleans())
-    c["b_out"] = draw(st.one_of(st.none(), st.floats(-2.0, 2.0)))
-    c["magnitude"] = draw(st.sampled_from([0.5, 1.0, 4.0]))
-    c["data"] = draw(st.integers(0, 2**32 - 1))
+        kind = rng.integers(0, 3)
+        if kind == 1:
+            c["center"] = rng.integers(0, c["L"])
+        elif kind == 2:
+            c["center"] = [rng.integers(0, c["L"]) for _ in range(c["B"])]
+    c["mask"] = rng.boolean()
+    c["b_out"] = _maybe(rng, lambda: round(-2.0 + 4.0 * rng.random(), 4))
+    c["magnitude"] = rng.choice([0.5, 1.0, 4.0])
     return c
 
 
-@st.composite
-def _luong(draw: Any) -> dict[str, Any]:
-    c: dict[str, Any] = {"B": draw(st.integers(1, 2)), "T": draw(_lengths), "S": draw(_lengths), "d": draw(_dims)}
-    c["score"] = draw(st.sampled_from(["dot", "general", "concat"]))
-    c["mode"] = draw(st.sampled_from(["global", "local-m", "local-p"]))
-    c["half_width"] = None if c["mode"] == "global" else draw(st.integers(int(c["mode"] == "local-p"), 5))
-    c["da"], c["dp"] = draw(_dims), draw(_dims)
-    lengths = st.lists(st.integers(0, c["S"]), min_size=c["B"], max_size=c["B"])
-    c["source_lengths"] = draw(st.one_of(st.none(), lengths))
-    c["magnitude"] = draw(st.sampled_from([0.3, 0.7, 1.5]))
-    c["data"] = draw(st.integers(0, 2**32 - 1))
+def _luong(rng: CaseRandom) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "B": rng.integers(1, 3),
+        "T": rng.integers(1, MAX_LENGTH + 1),
+        "S": rng.integers(1, MAX_LENGTH + 1),
+        "d": rng.integers(1, MAX_DIM + 1),
+    }
+    c["score"] = rng.choice(["dot", "general", "concat"])
+    c["mode"] = rng.choice(["global", "local-m", "local-p"])
+    c["half_width"] = None if c["mode"] == "global" else rng.integers(int(c["mode"] == "local-p"), 6)
+    c["da"], c["dp"] = rng.integers(1, MAX_DIM + 1), rng.integers(1, MAX_DIM + 1)
+    c["source_lengths"] = _maybe(rng, lambda: _lengths(rng, c["B"], c["S"]))
+    c["magnitude"] = rng.choice([0.3, 0.7, 1.5])
     return c
 
 
-def configs(op: str) -> st.SearchStrategy[dict[str, Any]]:
-    """The strategy of random configurations of ``op``."""
+def config(op: str, rng: CaseRandom) -> dict[str, Any]:
+    """A random configuration of ``op`` drawn from ``rng``."""
     if op == "additive_attention":
-        return _additive()
+        return _additive(rng)
     if op == "luong_attention":
-        return _luong()
-    return _multihead(op)
-
-
-def draw(strategy: st.SearchStrategy[Any], n: int, seed: int) -> list[Any]:
-    """``n`` values of ``strategy``, the same for the same ``seed``.
-
-    Runs hypothesis' engine with only its generation phase, no example
-    database and no deadline, collecting every value it generates.
-    """
-    found: list[Any] = []
-
-    @settings(
-        max_examples=n,
-        database=None,
-        deadline=None,
-        phases=[Phase.generate],
-        suppress_health_check=list(HealthCheck),
-        derandomize=False,
-        print_blob=False,
-    )
-    @hypothesis_seed(seed)
-    @given(strategy)
-    def collect(value: Any) -> None:
-        found.append(value)
-
-    collect()
-    return found[:n]
+        return _luong(rng)
+    return _multihead(rng, op)
 
 
 def _describe(c: dict[str, Any]) -> str:
-    skip = {"data", "magnitude"}
+    skip = {"magnitude"}
     return ", ".join(f"{k}={v!r}" for k, v in c.items() if k not in skip and v is not None and v is not False)
 
 
-def _multihead_case(op: str, case_id: str, c: dict[str, Any]) -> Case:
-    rng = np.random.default_rng(c["data"])
+def _multihead_case(op: str, case_id: str, c: dict[str, Any], rng: CaseRandom) -> Case:
     B, Hq, Hkv, Lq, Lk = c["B"], c["Hq"], c["Hkv"], c["Lq"], c["Lk"]
     inputs = {
         "q": rng.standard_normal((B, Hq, Lq, c["D"])) * c["magnitude"],
@@ -160,8 +149,7 @@ def _multihead_case(op: str, case_id: str, c: dict[str, Any]) -> Case:
     return Case(op, case_id, inputs, options, note=_describe(c))
 
 
-def _additive_case(case_id: str, c: dict[str, Any]) -> Case:
-    rng = np.random.default_rng(c["data"])
+def _additive_case(case_id: str, c: dict[str, Any], rng: CaseRandom) -> Case:
     inputs = {
         "x": rng.standard_normal((c["B"], c["L"], c["Din"])),
         "w_in": rng.standard_normal((c["Din"], c["Dh"])),
@@ -180,8 +168,7 @@ def _additive_case(case_id: str, c: dict[str, Any]) -> Case:
     return Case("additive_attention", case_id, inputs, options, note=_describe(c))
 
 
-def _luong_case(case_id: str, c: dict[str, Any]) -> Case:
-    rng = np.random.default_rng(c["data"])
+def _luong_case(case_id: str, c: dict[str, Any], rng: CaseRandom) -> Case:
     B, d = c["B"], c["d"]
     inputs = {
         "h_t": rng.standard_normal((B, c["T"], d)) * c["magnitude"],
@@ -203,19 +190,29 @@ def _luong_case(case_id: str, c: dict[str, Any]) -> Case:
     return Case("luong_attention", case_id, inputs, options, note=_describe(c))
 
 
-def random_cases(op: str, n: int, seed: int) -> list[Case]:
-    """``n`` seeded random cases of ``op``, with ids ``random-s<seed>-<index>``.
+def random_case(op: str, seed: int, index: int) -> Case:
+    """The random case ``random-s<seed>-<index>`` of ``op`` (it depends on nothing else).
 
-    The seed mixes in the op's name, so each op draws its own sequence.
+    A gradient op's case is its forward op's random case with the same id, plus
+    seeded ``dout`` (and, half the time, ``dlse``).
     """
-    op_seed = (int(seed) * 1_000_003 + int(case_rng(op).integers(2**31))) % 2**32
-    cases = []
-    for index, c in enumerate(draw(configs(op), n, op_seed)):
-        case_id = f"random-s{seed}-{index:03d}"
-        if op == "additive_attention":
-            cases.append(_additive_case(case_id, c))
-        elif op == "luong_attention":
-            cases.append(_luong_case(case_id, c))
-        else:
-            cases.append(_multihead_case(op, case_id, c))
-    return cases
+    if op in ("paged_attention", "merge_attention_states"):
+        from attnref.conformance.states import random_state_case
+
+        return random_state_case(op, seed, index)
+    if op in GRADIENT_OF:
+        forward = random_case(GRADIENT_OF[op], seed, index)
+        return with_upstream(forward, dlse=case_rng(op, seed, index).boolean())
+    rng = case_rng(op, seed, index)
+    c = config(op, rng)
+    case_id = f"random-s{seed}-{index:03d}"
+    if op == "additive_attention":
+        return _additive_case(case_id, c, rng)
+    if op == "luong_attention":
+        return _luong_case(case_id, c, rng)
+    return _multihead_case(op, case_id, c, rng)
+
+
+def random_cases(op: str, n: int, seed: int) -> list[Case]:
+    """The ``n`` seeded random cases ``random-s<seed>-000`` ... of ``op``."""
+    return [random_case(op, seed, index) for index in range(n)]

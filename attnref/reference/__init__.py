@@ -1,20 +1,24 @@
 """The float64 reference: the definition of every attnref op.
 
-One public function per module, plain NumPy, formulas in the docstrings.
-Backends are checked against these functions; they are not built for speed.
+Plain NumPy, formulas in the docstrings. The multi-head ops (global, local,
+chunked) are defined together in :mod:`attnref.reference.multihead`; every
+other op has a module of its own. Backends are checked against these
+functions; they are not built for speed.
 """
 
 from attnref.reference.additive_attention import additive_attention
-from attnref.reference.chunked_attention import chunked_attention
-from attnref.reference.global_attention import global_attention
 from attnref.reference.gradients import chunked_attention_vjp, global_attention_vjp, local_attention_vjp
-from attnref.reference.local_attention import local_attention
 from attnref.reference.luong_attention import luong_attention
+from attnref.reference.merge_attention_states import merge_attention_states
+from attnref.reference.multihead import chunked_attention, global_attention, local_attention
+from attnref.reference.paged_attention import paged_attention
 
 __all__ = [
     "global_attention",
     "local_attention",
     "chunked_attention",
+    "paged_attention",
+    "merge_attention_states",
     "additive_attention",
     "luong_attention",
     "global_attention_vjp",

@@ -47,17 +47,30 @@ def apply_softcap(s: np.ndarray, cap: float, dt: np.dtype) -> np.ndarray:
     return (c * np.tanh(s / c)).astype(dt, copy=False)
 
 
-def masked_softmax(s: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax of ``s`` over the allowed entries of its last axis.
+def masked_softmax(s: np.ndarray, allowed: np.ndarray, sink: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax of ``s`` over the allowed entries of its last axis, with an optional sink.
 
-    With ``m_i = max_{j allowed} s_ij``::
+    The sink is one more logit per row, of a virtual entry that is always
+    allowed and has no value (attention sinks); without one, ``sink = -inf``.
+    With ``m_i = max(sink_i, max_{j allowed} s_ij)``::
 
-        P_ij  = exp(s_ij - m_i) / sum_{j allowed} exp(s_ij - m_i)   (j allowed; else 0)
-        lse_i = m_i + log sum_{j allowed} exp(s_ij - m_i)
+        Z_i   = exp(sink_i - m_i) + sum_{j allowed} exp(s_ij - m_i)
+        P_ij  = exp(s_ij - m_i) / Z_i          (j allowed; else 0)
+        lse_i = m_i + log Z_i
 
     A row with no allowed key, or whose allowed scores are all ``-inf``, has
-    ``P = 0`` and ``lse = -inf``. NaN in an allowed score makes its row's
-    allowed entries and its lse NaN; disallowed entries stay 0.
+    ``P = 0`` and ``lse = sink_i`` (``-inf`` without a sink). NaN in an allowed
+    score or in the sink makes its row's allowed entries and its lse NaN;
+    disallowed entries stay 0. The last axis may be empty.
+
+    Parameters
+    ----------
+    s : ndarray
+        Scores; the softmax runs over the last axis, in ``s``'s dtype.
+    allowed : ndarray of bool
+        Broadcastable to ``s``.
+    sink : ndarray, optional
+        Broadcastable to ``s.shape[:-1] + (1,)``, in ``s``'s dtype.
 
     Returns
     -------
@@ -68,10 +81,14 @@ def masked_softmax(s: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.n
     neg_inf, zero, one = dt.type(-np.inf), dt.type(0), dt.type(1)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         masked = np.where(allowed, s, neg_inf)
-        m = masked.max(axis=-1, keepdims=True)
+        m = masked.max(axis=-1, keepdims=True, initial=neg_inf)
+        if sink is not None:
+            m = np.maximum(m, sink)  # a NaN sink makes m NaN, so the whole row NaN
         m = np.where(m == neg_inf, zero, m)
         e = np.where(allowed, np.exp(masked - m), zero)
         total = e.sum(axis=-1, keepdims=True, dtype=dt)
+        if sink is not None:
+            total = (total + np.exp(sink - m)).astype(dt, copy=False)
         empty = total == zero
         # Disallowed keys get exactly 0, even in a NaN row (a NaN total must not reach them).
         P = np.where(empty | ~allowed, zero, e / np.where(empty, one, total))

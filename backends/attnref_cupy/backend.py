@@ -1,4 +1,4 @@
-"""The CuPy backend: the NumPy backend's blocked code, run with ``xp = cupy``.
+"""The CuPy backend: the shared blocked code (:mod:`attnref_blocked`), run with ``xp = cupy``.
 
 CuPy is imported lazily: importing this module, listing the backend and asking
 :attr:`CupyBackend.unavailable_reason` never fail, with or without CuPy or a
@@ -16,8 +16,7 @@ import numpy as np
 
 import attnref
 from attnref.validation import AttentionArgs
-from attnref_numpy.backend import ArrayBackend
-from attnref_numpy.blocked import BlockConfig
+from attnref_blocked import ArrayBackend, BlockConfig
 
 __all__ = ["CupyBackend"]
 

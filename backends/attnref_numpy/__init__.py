@@ -1,7 +1,5 @@
 """The built-in NumPy backend of attnref (registered through the ``attnref.backends`` entry point).
 
-:mod:`attnref_numpy.blocked` holds the blocked multi-head algorithm, written
-over an array namespace so that the CuPy backend reuses it;
-:mod:`attnref_numpy.pooling` the pooling ops; :mod:`attnref_numpy.backend` the
-backend object.
+:mod:`attnref_numpy.backend` binds the shared blocked code of
+:mod:`attnref_blocked` (also used by the CuPy backend) to NumPy.
 """

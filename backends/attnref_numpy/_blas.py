@@ -1,16 +1,22 @@
-"""Hold NumPy's BLAS to one thread while the backend's worker threads run.
+"""NumPy's BLAS thread count: read it (always), hold it at one (only when the caller opts in).
 
-The NumPy backend runs query blocks on a few worker threads (NumPy's ufuncs
-and BLAS calls release the GIL). If each worker's matrix product also spread
-over BLAS threads, the cores would be oversubscribed, and OpenBLAS's spinning
-threads then slow everything down badly on a busy machine. So, while a
-multi-threaded call runs, OpenBLAS's thread count (process-wide: OpenBLAS has
-no per-thread setting that leaves other threads alone) is set to 1, and the
-previous count is restored when the last such call ends. BLAS calls made by
-other threads of the process during that time run single-threaded.
+The backend's worker threads help only while each worker's matrix products
+run on one BLAS thread: with OpenBLAS's own threads on top, the cores are
+oversubscribed, and its spinning threads slow everything down badly on a busy
+machine (20x on the 2-core development machine under load). OpenBLAS has no
+per-thread setting, so by default attnref never changes the count: it reads it
+(:func:`blas_threads`) and runs workers only when it is already 1.
 
-Where OpenBLAS cannot be found (another BLAS), :func:`blas_can_be_limited`
-says so and the backend runs its blocks on the calling thread instead.
+:func:`holding_blas` is the documented opt-in (``NumpyBackend(hold_blas=True)``
+or ``ATTNREF_NUMPY_HOLD_BLAS=1``): for the duration of a multi-worker call,
+OpenBLAS's thread count is set to 1 *for the whole process* and restored when
+the last such call ends. Meanwhile other threads' BLAS calls run on one thread,
+and a ``threadpoolctl`` limit entered or left by another thread during the call
+is overridden when the call ends.
+
+The library is the OpenBLAS that NumPy's own wheel bundles (in ``numpy.libs``
+or ``numpy/.dylibs``; never another copy, such as scipy's or torch's), looked
+up on the first large call, never when the backend is listed or built.
 """
 
 from __future__ import annotations
@@ -25,75 +31,69 @@ from contextlib import contextmanager
 
 import numpy as np
 
-__all__ = ["blas_can_be_limited", "single_threaded_blas"]
+__all__ = ["blas_threads", "holding_blas"]
 
-# (set, get) symbol names, plain OpenBLAS and the prefixed/suffixed builds NumPy's wheels bundle.
-_SYMBOLS = [
+#: (set, get) names in plain OpenBLAS and in the prefixed/suffixed builds NumPy's wheels bundle.
+_SYMBOLS = (
     ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
     ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
     ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
     ("openblas_set_num_threads", "openblas_get_num_threads"),
-]
+)
 
 _lock = threading.Lock()
-_users = 0
+_holders = 0
 _saved = 0
 
 
-def _candidate_libraries() -> list[str]:
-    """Paths of the OpenBLAS libraries NumPy may have loaded."""
-    paths = []
-    try:
-        with open("/proc/self/maps") as maps:  # Linux: exactly what is loaded
-            paths += [line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line]
-    except OSError:
-        pass
+@functools.cache
+def _controls() -> tuple[Callable[[int], None], Callable[[], int]] | None:
     base = os.path.dirname(os.path.dirname(np.__file__))
     for pattern in ("numpy.libs/*openblas*", "numpy/.dylibs/*openblas*"):  # Linux and macOS wheels
-        paths += glob.glob(os.path.join(base, pattern))
-    return list(dict.fromkeys(paths))
-
-
-@functools.cache
-def _thread_controls() -> tuple[Callable[[int], None], Callable[[], int]] | None:
-    for path in _candidate_libraries():
-        try:
-            library = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for set_name, get_name in _SYMBOLS:
-            setter, getter = getattr(library, set_name, None), getattr(library, get_name, None)
-            if setter is not None and getter is not None:
-                setter.argtypes, setter.restype = [ctypes.c_int], None
-                getter.argtypes, getter.restype = [], ctypes.c_int
-                return setter, getter
+        for path in sorted(glob.glob(os.path.join(base, pattern))):
+            try:
+                library = ctypes.CDLL(path)  # already loaded by NumPy: this only finds it
+            except OSError:
+                continue
+            for set_name, get_name in _SYMBOLS:
+                setter, getter = getattr(library, set_name, None), getattr(library, get_name, None)
+                if setter is not None and getter is not None:
+                    setter.argtypes, setter.restype = [ctypes.c_int], None
+                    getter.argtypes, getter.restype = [], ctypes.c_int
+                    return setter, getter
     return None
 
 
-def blas_can_be_limited() -> bool:
-    """True if :func:`single_threaded_blas` can hold NumPy's BLAS to one thread here."""
-    return _thread_controls() is not None
+def blas_threads() -> int | None:
+    """The thread count of NumPy's bundled OpenBLAS now (as set by ``OPENBLAS_NUM_THREADS``,
+    ``threadpoolctl.threadpool_limits`` or the like), or None where NumPy has no bundled OpenBLAS."""
+    controls = _controls()
+    return None if controls is None else int(controls[1]())
 
 
 @contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """Run the body with OpenBLAS on one thread; nested and concurrent uses are counted,
-    and the thread count found on first entry is restored on last exit."""
-    global _users, _saved
-    controls = _thread_controls()
+def holding_blas() -> Iterator[bool]:
+    """Hold NumPy's OpenBLAS at one thread, process-wide, for the body (the opt-in above).
+
+    Yields whether it could (False where NumPy has no bundled OpenBLAS).
+    Nested and concurrent holds are counted; the count found by the first is
+    restored by the last.
+    """
+    global _holders, _saved
+    controls = _controls()
     if controls is None:
-        yield
+        yield False
         return
     setter, getter = controls
     with _lock:
-        if _users == 0:
+        if _holders == 0:
             _saved = getter()
             setter(1)
-        _users += 1
+        _holders += 1
     try:
-        yield
+        yield True
     finally:
         with _lock:
-            _users -= 1
-            if _users == 0:
+            _holders -= 1
+            if _holders == 0:
                 setter(_saved)

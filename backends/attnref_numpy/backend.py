@@ -1,11 +1,16 @@
-"""The NumPy backend, and the op methods it shares with the CuPy backend.
+"""The NumPy backend: the shared blocked code (:mod:`attnref_blocked`) with ``xp = numpy``, on threads.
 
-:class:`ArrayBackend` holds the five op methods, written once over an array
-namespace ``xp``: each validates with :mod:`attnref.validation` (so it rejects
-exactly what the reference rejects, with the same errors), then runs the
-blocked multi-head code (:mod:`attnref_numpy.blocked`) or the pooling code
-(:mod:`attnref_numpy.pooling`). :class:`NumpyBackend` binds ``xp = numpy`` and
-splits the work over threads; ``attnref_cupy`` binds ``xp = cupy``.
+NumPy's ufuncs and BLAS calls release the GIL, so a call's query blocks can
+run on a few worker threads that live only for that call
+(:mod:`attnref_blocked.threads`). Workers pay off only while each one's
+matrix products run on a single BLAS thread, and the backend changes no
+process-wide state to get there unless asked to: by default it runs workers
+when NumPy's BLAS is already single-threaded (``OPENBLAS_NUM_THREADS=1``, or
+``threadpoolctl.threadpool_limits(1, "blas")`` around the calls), and otherwise
+runs on the calling thread and lets BLAS's own threads share the products.
+``hold_blas=True`` (or ``ATTNREF_NUMPY_HOLD_BLAS=1``) is the opt-in that holds
+BLAS at one thread, process-wide, during each multi-worker call
+(:mod:`attnref_numpy._blas` says what that costs other threads).
 """
 
 from __future__ import annotations
@@ -17,113 +22,29 @@ from typing import Any
 import numpy as np
 
 import attnref
-from attnref.backend import OPS
 from attnref.dtypes import DTYPE_NAMES
-from attnref.patterns import Pattern
-from attnref.validation import AttentionArgs, check_attention, chunk_pattern, full_pattern, window_pattern
-from attnref_numpy import blocked, pooling
-from attnref_numpy._blas import blas_can_be_limited
+from attnref.validation import AttentionArgs
+from attnref_blocked import ArrayBackend, BlockConfig
+from attnref_numpy._blas import blas_threads, holding_blas
 
-__all__ = ["ArrayBackend", "NumpyBackend", "default_threads"]
+__all__ = ["NumpyBackend", "default_threads", "usable_cores"]
 
 
-class ArrayBackend:
-    """The op methods of a backend built on a NumPy-like namespace.
-
-    Subclasses set ``name``, ``version``, ``dtypes`` and ``unavailable_reason``
-    and implement :meth:`namespace` (the array module) and :meth:`block_config`.
-    Arrays come in and go out in the subclass's native type; outputs have the
-    dtype of the inputs.
-    """
-
-    ops: frozenset[str] = frozenset(OPS)
-
-    def namespace(self) -> Any:
-        """The array module (``numpy``, ``cupy``)."""
-        raise NotImplementedError
-
-    def block_config(self, args: AttentionArgs) -> blocked.BlockConfig:
-        """How to cut one multi-head call into blocks (may depend on its size)."""
-        return blocked.BlockConfig()
-
-    # -- multi-head ops ----------------------------------------------------
-    def global_attention(
-        self, q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,
-        softcap: float | None = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None,
-        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False,
-    ) -> Any:  # fmt: skip
-        """Global attention (see :func:`attnref.reference.global_attention`)."""
-        return self._multihead(
-            q, k, v, full_pattern(causal), scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
-        )  # fmt: skip
-
-    def local_attention(
-        self, q: Any, k: Any, v: Any, *, window: Any, scale: float | None = None,
-        softcap: float | None = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None,
-        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False,
-    ) -> Any:  # fmt: skip
-        """Sliding-window attention (see :func:`attnref.reference.local_attention`)."""
-        return self._multihead(
-            q, k, v, window_pattern(window), scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
-        )  # fmt: skip
-
-    def chunked_attention(
-        self, q: Any, k: Any, v: Any, *, chunk_size: int, causal: bool = False, scale: float | None = None,
-        softcap: float | None = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None,
-        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False,
-    ) -> Any:  # fmt: skip
-        """Chunked attention (see :func:`attnref.reference.chunked_attention`)."""
-        return self._multihead(
-            q, k, v, chunk_pattern(chunk_size, causal), scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
-        )  # fmt: skip
-
-    def _multihead(
-        self, q: Any, k: Any, v: Any, pattern: Pattern, *, scale: Any, softcap: Any, bias: Any, mask: Any,
-        kv_lengths: Any, q_lengths: Any, align: Any, return_lse: Any,
-    ) -> Any:  # fmt: skip
-        xp = self.namespace()
-        q, k, v = xp.asarray(q), xp.asarray(k), xp.asarray(v)
-        bias = None if bias is None else xp.asarray(bias)
-        mask = None if mask is None else xp.asarray(mask)
-        args = check_attention(
-            q, k, v, scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
-        )  # fmt: skip
-        return blocked.attend(
-            xp, q, k, v, pattern, args, bias=bias, mask=mask, return_lse=bool(return_lse),
-            config=self.block_config(args),
-        )  # fmt: skip
-
-    # -- pooling ops -------------------------------------------------------
-    def additive_attention(
-        self, x: Any, w_in: Any, b_in: Any, w_out: Any, b_out: Any = None, *, mask: Any = None,
-        window: Any = None, center: Any = None,
-    ) -> tuple[Any, Any]:  # fmt: skip
-        """Additive attention pooling (see :func:`attnref.reference.additive_attention`)."""
-        return pooling.additive_attention(
-            self.namespace(), x, w_in, b_in, w_out, b_out, mask=mask, window=window, center=center
-        )
-
-    def luong_attention(
-        self, h_t: Any, h_s: Any, *, score: str = "dot", w_a: Any = None, v_a: Any = None, mode: str = "global",
-        half_width: int | None = None, w_p: Any = None, v_p: Any = None, source_lengths: Any = None,
-    ) -> tuple[Any, Any]:  # fmt: skip
-        """Luong attention (see :func:`attnref.reference.luong_attention`)."""
-        return pooling.luong_attention(
-            self.namespace(), h_t, h_s, score=score, w_a=w_a, v_a=v_a, mode=mode, half_width=half_width,
-            w_p=w_p, v_p=v_p, source_lengths=source_lengths,
-        )  # fmt: skip
+#: Environment switch of the opt-in ``hold_blas`` for the registered backend.
+HOLD_BLAS_ENV = "ATTNREF_NUMPY_HOLD_BLAS"
 
 
 def default_threads() -> int:
-    """Worker threads for the NumPy backend: the usable cores (at most 8), or 1
-    when NumPy's BLAS is not an OpenBLAS that can be held to one thread while
-    the workers run (see :mod:`attnref_numpy._blas`)."""
-    if not blas_can_be_limited():
+    """Worker threads for one call of the NumPy backend: the cores this process may use (at most
+    8) while NumPy's BLAS runs on one thread (read now, never set), else 1: the calling thread,
+    with BLAS's threads in the products (workers on top of them would oversubscribe the cores)."""
+    if blas_threads() != 1:
         return 1
+    return usable_cores()
+
+
+def usable_cores() -> int:
+    """The cores this process may use, at most 8."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -137,8 +58,16 @@ class NumpyBackend(ArrayBackend):
     Parameters
     ----------
     threads : int, optional
-        Worker threads for the multi-head ops (default: :func:`default_threads`).
-        Calls too small to split run on the calling thread.
+        Worker threads for the multi-head ops and their gradients (default:
+        :func:`default_threads`, decided at each call). With ``threads > 1``,
+        hold BLAS to one thread yourself (``OPENBLAS_NUM_THREADS=1``, or
+        ``threadpoolctl.threadpool_limits(1, "blas")``) or the cores are
+        oversubscribed. Calls too small to split run on the calling thread.
+    hold_blas : bool, optional
+        Opt in to holding NumPy's OpenBLAS at one thread, process-wide, during
+        each call large enough for workers, which then run on every usable
+        core whatever BLAS's own setting (default: the environment variable
+        ``ATTNREF_NUMPY_HOLD_BLAS`` is ``1``, read at each call).
     block : BlockConfig, optional
         Block sizes (its ``threads`` is ignored); the default suits CPUs with
         about 1 MiB of L2 cache per core. Tests use tiny blocks.
@@ -149,9 +78,17 @@ class NumpyBackend(ArrayBackend):
     dtypes = frozenset(DTYPE_NAMES)
     unavailable_reason = None
 
-    def __init__(self, threads: int | None = None, block: blocked.BlockConfig | None = None) -> None:
-        self.threads = default_threads() if threads is None else max(1, int(threads))
-        self.block = blocked.BlockConfig() if block is None else block
+    def __init__(
+        self, threads: int | None = None, block: BlockConfig | None = None, hold_blas: bool | None = None
+    ) -> None:
+        self.threads = None if threads is None else max(1, int(threads))
+        self.block = BlockConfig() if block is None else block
+        self.hold_blas = hold_blas
+
+    def _holds_blas(self) -> bool:
+        if self.hold_blas is not None:
+            return bool(self.hold_blas)
+        return os.environ.get(HOLD_BLAS_ENV, "") == "1"
 
     def namespace(self) -> Any:
         return np
@@ -164,7 +101,19 @@ class NumpyBackend(ArrayBackend):
         """A NumPy array as it is (dtype kept)."""
         return np.asarray(array)
 
-    def block_config(self, args: AttentionArgs) -> blocked.BlockConfig:
+    def block_config(self, args: AttentionArgs) -> BlockConfig:
         work = args.batch * args.q_heads * args.q_len * args.kv_len
-        threads = self.threads if work > self.block.score_elements else 1
+        if work <= self.block.score_elements:
+            threads = 1
+        elif self.threads is not None:
+            threads = self.threads
+        else:
+            threads = usable_cores() if self._holds_blas() else default_threads()
         return dataclasses.replace(self.block, threads=threads)
+
+    def _run(self, kernel: Any, config: BlockConfig) -> Any:
+        """Run ``kernel()``, holding BLAS at one thread around it if opted in and it uses workers."""
+        if config.threads > 1 and self._holds_blas():
+            with holding_blas():
+                return kernel()
+        return kernel()

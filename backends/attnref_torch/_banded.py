@@ -1,22 +1,26 @@
 """Banded attention through SDPA: each query block attends to its own band of keys.
 
-For local and chunked attention (and global attention too large for a dense
-mask) without ``softcap`` or ``return_lse``: the query blocks of
-:mod:`attnref_torch._blocked`'s plan become the *batch* of one
-``scaled_dot_product_attention`` call, each with its band of keys and a
+The CPU's fast forward path for local and chunked attention (and global
+attention with a mask or lengths) without ``softcap``, ``return_lse`` or a
+gradient: the query blocks of :mod:`attnref_torch._plan` become the *batch* of
+one ``scaled_dot_product_attention`` call, each with its band of keys and a
 ``(rows x band)`` mask drawn by :meth:`attnref.patterns.Pattern.allows`. SDPA's
 fused kernel (online softmax, no score array in memory) then does the work in
 one operation per step: time and memory stay O(L x band), and the CPU pays
-few thread synchronisations.
+few thread synchronisations. Consecutive blocks whose bands advance by
+exactly their row count read overlapping strided *views* of ``k`` and ``v``
+(no copy).
 
-Consecutive blocks whose bands advance by exactly their row count are read as
-overlapping strided *views* of ``k`` and ``v`` (no copy) when autograd is not
-recording; otherwise the bands are gathered with ``index_select``.
-
-Applies only where SDPA's result is attnref's by construction (as in
-:mod:`attnref_torch._sdpa`): finite ``q``, ``k``, ``v`` and ``bias`` (masked keys
-inside a band must not leak NaN through a 0 weight), and rows with no allowed
-key are given every key of their band for the kernel, then set to 0.
+When it applies (:func:`banded_applies`): SDPA adds its mask to the scores, so
+a NaN or infinite score at a masked key would leak; the path therefore needs
+finite ``q``, ``k`` and ``bias``, which is asked of the values. That is free on
+the CPU (no device to wait for) and a device synchronisation elsewhere, so the
+path runs on the CPU only; on CUDA the blocked path (or FlexAttention) runs,
+whose choice reads no value. Values may hold NaN and infinities: they are given
+to SDPA with those entries set to 0 and put back where an allowed key holds
+them (:func:`attnref_torch._blocked.values_put_back`), unless a user mask is
+given, in which case ``v`` must be finite too. Rows with no allowed key are
+given every key of their band for the kernel, then set to 0.
 """
 
 from __future__ import annotations
@@ -29,21 +33,43 @@ import torch.nn.functional as F
 
 from attnref.patterns import Pattern
 from attnref.validation import AttentionArgs
-from attnref_torch import _blocked
-from attnref_torch._blocked import _as5d, _Block, _Group, _groups, _indices, _plan, block_rows
-from attnref_torch._numerics import Finite
+from attnref_torch import _plan
+from attnref_torch._blocked import values_put_back
+from attnref_torch._numerics import compute_dtype, finite_part
+from attnref_torch._plan import Block, Group, as5d, block_rows, groups, indices, plan
+from attnref_torch._sdpa import HAS_ENABLE_GQA
 
 __all__ = ["banded_applies", "banded_attention"]
 
-#: Largest ``blocks x heads x rows x band`` of one SDPA call's mask (bounds the mask's memory),
-#: on the CPU (measured: fewer, larger calls are faster with two threads) and on CUDA.
+#: Largest ``blocks x heads x rows x band`` of one SDPA call's mask (bounds the mask's memory).
 STEP_MASK_ELEMENTS = 1 << 23
-CUDA_STEP_MASK_ELEMENTS = 1 << 26
 
 
-def banded_applies(args: AttentionArgs, *, return_lse: bool, finite: Finite) -> bool:
-    """Whether banded SDPA computes exactly attnref's answer for this call."""
-    return not return_lse and args.softcap is None and finite.all
+def banded_applies(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    args: AttentionArgs,
+    *,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    return_lse: bool,
+    requires_grad: bool,
+) -> bool:
+    """Whether banded SDPA computes exactly attnref's answer for this call.
+
+    Reads the values (whether ``q``, ``k``, ``bias``, and with a mask ``v``,
+    are finite) only on the CPU, where that waits for no device.
+    """
+    if q.device.type != "cpu" or return_lse or args.softcap is not None or requires_grad:
+        return False
+    return _all_finite(q, k, bias, v if mask is not None else None)
+
+
+def _all_finite(*tensors: torch.Tensor | None) -> bool:
+    """Whether every element is finite: the sums are, one host read for all (CPU tensors only)."""
+    sums = [t.sum(dtype=compute_dtype(t.dtype)).to(torch.float64) for t in tensors if t is not None]
+    return bool(torch.stack(sums).isfinite().all())
 
 
 def banded_attention(
@@ -57,20 +83,18 @@ def banded_attention(
     mask: torch.Tensor | None,
 ) -> torch.Tensor:
     """The op of ``pattern`` through SDPA on key bands; call only when :func:`banded_applies`."""
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
     runner = _Runner(
-        q=q, k=k.contiguous(), v=v.contiguous(), pattern=pattern, args=args,
-        bias5=_as5d(None if bias is None else bias.to(q.dtype), args.kv_heads, args.group),
-        mask5=_as5d(mask, args.kv_heads, args.group), views=not grad,
+        q=q, k=k.contiguous(), v=finite_part(v).contiguous(), pattern=pattern, args=args,
+        bias5=as5d(None if bias is None else bias.to(q.dtype), args.kv_heads, args.group),
+        mask5=as5d(mask, args.kv_heads, args.group),
     )  # fmt: skip
-    if grad:
-        outs = [runner.batch(b, g, None) for g in _groups(args) for b in range(g.batches.start, g.batches.stop)]
-        return torch.stack(outs, 0)
-    out = q.new_empty((args.batch, args.q_heads, args.q_len, args.value_dim))
-    for g in _groups(args):
-        for b in range(g.batches.start, g.batches.stop):
+    out = q.new_zeros((args.batch, args.q_heads, args.q_len, args.value_dim))
+    for g in groups(args):
+        for b in range(g.first, g.stop):
             runner.batch(b, g, out[b])
-    return out
+    if mask is not None:  # v is finite here, and masked rows are 0 already
+        return out
+    return values_put_back(out, None, v, pattern, args)
 
 
 class _MaskCache:
@@ -124,65 +148,46 @@ class _Runner:
         args: AttentionArgs,
         bias5: torch.Tensor | None,
         mask5: torch.Tensor | None,
-        views: bool,
     ):
         self.q, self.k, self.v = q, k, v
         self.pattern, self.args = pattern, args
         self.bias5, self.mask5 = bias5, mask5
-        self.views = views  # strided views of k and v allowed (autograd is not recording)
 
-    def batch(self, b: int, group: _Group, out: torch.Tensor | None) -> torch.Tensor:
-        """Output ``(Hq, Lq, Dv)`` of batch element ``b``, written into ``out`` when given
-        (autograd not recording), else assembled from pieces."""
+    def batch(self, b: int, group: Group, out: torch.Tensor) -> None:
+        """Write the output ``(Hq, Lq, Dv)`` of batch element ``b`` into ``out`` (rows that see
+        no key stay 0)."""
         a = self.args
-        buckets, empty = _plan(self.pattern, group, block_rows(self.q.device), _blocked.MAX_MERGED_ROWS)
-        empty = [*empty, *range(group.q_len, a.q_len)]
-        pieces, order = [], []
         heads = a.q_heads if (self.mask5 is not None or self.bias5 is not None) else 1
-        budget = CUDA_STEP_MASK_ELEMENTS if self.q.device.type == "cuda" else STEP_MASK_ELEMENTS
-        for (rows, width), blocks in buckets:
-            step = max(1, budget // (heads * rows * width))
+        for (rows, width), blocks in plan(self.pattern, group, block_rows(self.q.device), _plan.MAX_MERGED_ROWS):
+            step = max(1, STEP_MASK_ELEMENTS // (heads * rows * width))
             for start in range(0, len(blocks), step):
                 chunk = blocks[start : start + step]
                 result = self.step(b, group, chunk, rows, width)  # (n, Hq, rows, Dv)
                 row_index = [r for blk in chunk for r in range(blk.r0, blk.r1)]
-                if out is None:
-                    pieces.append(result.transpose(0, 1).reshape(a.q_heads, len(row_index), a.value_dim))
-                    order.extend(row_index)
-                elif row_index == list(range(row_index[0], row_index[0] + len(row_index))):
+                if row_index == list(range(row_index[0], row_index[0] + len(row_index))):
                     out[:, row_index[0] : row_index[0] + len(row_index)].view(
                         a.q_heads, len(chunk), rows, a.value_dim
                     ).copy_(result.transpose(0, 1))
                 else:
                     index = torch.tensor(row_index, device=out.device)
                     out.index_copy_(1, index, result.transpose(0, 1).reshape(a.q_heads, len(row_index), -1))
-        if out is not None:
-            if empty:
-                out[:, torch.tensor(empty, device=out.device)] = 0
-            return out
-        if empty:
-            pieces.append(self.q.new_zeros((a.q_heads, len(empty), a.value_dim)))
-            order.extend(empty)
-        whole = torch.cat(pieces, 1)
-        if order != list(range(a.q_len)):
-            whole = whole.index_select(1, torch.argsort(torch.tensor(order, device=whole.device)))
-        return whole
 
-    def step(self, b: int, group: _Group, blocks: list[_Block], rows: int, width: int) -> torch.Tensor:
+    def step(self, b: int, group: Group, blocks: list[Block], rows: int, width: int) -> torch.Tensor:
         """Output ``(n, Hq, rows, Dv)`` of ``n`` blocks of one shape, in one SDPA call."""
         a, device = self.args, self.q.device
-        row_index, key_index = _indices(tuple(blocks), rows, width, device)  # (n, rows), (n, width)
+        row_index, key_index = indices(tuple(blocks), rows, width, device)  # (n, rows), (n, width)
         q, k, v = self._operands(b, blocks, rows, width, row_index, key_index)
         attn_mask, dead = self._attn_mask(b, group, blocks, row_index, key_index)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, scale=a.scale, enable_gqa=a.group > 1
-        )  # (n, Hq, rows, Dv)
+        if a.group > 1 and not HAS_ENABLE_GQA:
+            k, v = k.repeat_interleave(a.group, 1), v.repeat_interleave(a.group, 1)
+        gqa = {"enable_gqa": True} if a.group > 1 and HAS_ENABLE_GQA else {}
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=a.scale, **gqa)  # (n, Hq, rows, Dv)
         if dead is not None:
             out = torch.where(dead, torch.zeros((), dtype=out.dtype, device=device), out)
         return out
 
     def _attn_mask(
-        self, b: int, group: _Group, blocks: list[_Block], row_index: torch.Tensor, key_index: torch.Tensor
+        self, b: int, group: Group, blocks: list[Block], row_index: torch.Tensor, key_index: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """SDPA's mask for the blocks (bool, or float with the bias) and the rows with no
         allowed key (None when there is none). Such rows are given every key of their
@@ -199,7 +204,7 @@ class _Runner:
         return self._gather(self.bias5, b, row_index, key_index).masked_fill(~allowed, float("-inf")), dead
 
     def _pattern_mask(
-        self, b: int, group: _Group, blocks: list[_Block], row_index: torch.Tensor, key_index: torch.Tensor
+        self, b: int, group: Group, blocks: list[Block], row_index: torch.Tensor, key_index: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The mask of the pattern alone (plus the bias), drawn only in the key tiles the pattern
         cuts: tiles every block's rows may see whole stay 0.
@@ -210,7 +215,7 @@ class _Runner:
         """
         if self.bias5 is not None:
             return self._draw_pattern_mask(b, group, blocks, row_index, key_index)
-        key = (self.pattern, group.offset, tuple(blocks), _blocked.KEY_TILE, self.q.dtype, self.q.device)
+        key = (self.pattern, group.offset, tuple(blocks), _plan.KEY_TILE, self.q.dtype, self.q.device)
         cached = _MASKS.get(key)
         if cached is None:
             cached = self._draw_pattern_mask(b, group, blocks, row_index, key_index)
@@ -218,15 +223,15 @@ class _Runner:
         return cached
 
     def _draw_pattern_mask(
-        self, b: int, group: _Group, blocks: list[_Block], row_index: torch.Tensor, key_index: torch.Tensor
+        self, b: int, group: Group, blocks: list[Block], row_index: torch.Tensor, key_index: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         n, rows, width = row_index.shape[0], row_index.shape[1], key_index.shape[1]
         bias = None if self.bias5 is None else self._gather(self.bias5, b, row_index, key_index)
         mask = None
         some_full = False
         seen = None  # rows with an allowed key in a cut tile
-        for t0 in range(0, width, _blocked.KEY_TILE):
-            t1 = min(t0 + _blocked.KEY_TILE, width)
+        for t0 in range(0, width, _plan.KEY_TILE):
+            t1 = min(t0 + _plan.KEY_TILE, width)
             if all(self._full(group, blk, blk.lo + t0, blk.lo + t1) for blk in blocks):
                 some_full = True
                 continue
@@ -245,21 +250,21 @@ class _Runner:
             dead = None
         return mask, dead
 
-    def _positions(self, group: _Group, row_index: torch.Tensor) -> torch.Tensor:
+    def _positions(self, group: Group, row_index: torch.Tensor) -> torch.Tensor:
         """Aligned positions of the blocks' rows, ``(n, 1, rows, 1)``."""
         return (row_index + group.offset)[:, None, :, None]
 
-    def _full(self, group: _Group, blk: _Block, j_first: int, j_stop: int) -> bool:
+    def _full(self, group: Group, blk: Block, j_first: int, j_stop: int) -> bool:
         return self.pattern.block_is_full(blk.r0 + group.offset, blk.r1 - 1 + group.offset, j_first, j_stop - 1)
 
     def _operands(
-        self, b: int, blocks: list[_Block], rows: int, width: int, row_index: torch.Tensor, key_index: torch.Tensor
+        self, b: int, blocks: list[Block], rows: int, width: int, row_index: torch.Tensor, key_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``q (n, Hq, rows, D)``, ``k (n, Hkv, width, D)``, ``v (n, Hkv, width, Dv)`` of the blocks."""
         n = len(blocks)
         first = blocks[0]
         stride = all(blk.r0 == first.r0 + i * rows and blk.lo == first.lo + i * rows for i, blk in enumerate(blocks))
-        if self.views and stride:  # bands advance with the rows: overlapping strided views, no copy
+        if stride:  # bands advance with the rows: overlapping strided views, no copy
             q = self.q[b, :, first.r0 : first.r0 + n * rows].unflatten(1, (n, rows)).transpose(0, 1)
             return (
                 q,

@@ -8,8 +8,14 @@ new shape and may warn). It runs only where its result is attnref's:
   of two from 16 to 256, and a problem large enough to pay for the planning;
 * no ``bias``, ``mask``, ``softcap``, ``kv_lengths`` or ``q_lengths`` (one
   alignment offset for the whole batch);
-* finite ``q``, ``k`` and ``v`` (a kernel multiplies a masked key's 0 weight by
-  its value, so a NaN there would leak).
+* no input requiring a gradient (the blocked path's backward keeps the
+  contract's NaN rule; FlexAttention's has no CPU implementation either).
+
+Values are given to the kernel with their non-finite entries set to 0 (a
+kernel multiplies a masked key's 0 weight by its value: a NaN there would
+leak) and put back afterwards where an allowed key holds them
+(:func:`attnref_torch._blocked.values_put_back`); scores are masked by
+``mask_mod``, which selects. Nothing reads a value on the host.
 
 The block mask is built directly from the pattern's per-block key ranges
 (:meth:`~attnref.patterns.Pattern.key_range`,
@@ -29,7 +35,8 @@ import torch
 
 from attnref.patterns import Pattern
 from attnref.validation import AttentionArgs
-from attnref_torch._numerics import Finite
+from attnref_torch._blocked import values_put_back
+from attnref_torch._numerics import finite_part
 
 __all__ = ["BLOCK", "MIN_SCORES", "MAX_VARIANTS", "flex_applies", "flex_attention", "block_mask", "reset"]
 
@@ -39,20 +46,18 @@ BLOCK = 128
 MIN_SCORES = 1 << 22
 
 
-def flex_applies(q: torch.Tensor, args: AttentionArgs, *, bias: Any, mask: Any, finite: Finite) -> bool:
-    """Whether compiled FlexAttention computes exactly attnref's answer for this call."""
+def flex_applies(q: torch.Tensor, args: AttentionArgs, *, bias: Any, mask: Any, requires_grad: bool) -> bool:
+    """Whether compiled FlexAttention computes exactly attnref's answer for this call (metadata only)."""
     if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return False
-    if bias is not None or mask is not None or args.softcap is not None:
+    if bias is not None or mask is not None or args.softcap is not None or requires_grad:
         return False
     if args.kv_lengths is not None or args.q_lengths is not None:
         return False
     d = args.head_dim
     if args.value_dim != d or d < 16 or d > 256 or d & (d - 1):
         return False
-    if args.q_len * args.kv_len < MIN_SCORES:
-        return False
-    return finite.all
+    return args.q_len * args.kv_len >= MIN_SCORES
 
 
 #: Most compiled variants (dtype, shapes, pattern, offset, ...) this module asks for. Dynamo
@@ -127,18 +132,25 @@ def flex_attention(
     Returns None (the caller takes another path) for a new variant once :data:`MAX_VARIANTS`
     are compiled.
     """
-    from torch.nn.attention.flex_attention import AuxRequest
-
     offset = int(args.offsets()[0])
-    variant = (q.dtype, q.device, tuple(q.shape), tuple(k.shape), pattern, offset, return_lse, q.requires_grad)
+    variant = (q.dtype, q.device, tuple(q.shape), tuple(k.shape), pattern, offset)
     if variant not in _variants:
         if len(_variants) >= MAX_VARIANTS:
             return None
         _variants.add(variant)
     mask = block_mask(pattern, args.q_len, args.kv_len, offset, q.device)
     flex = _compiled()
-    kwargs = {"block_mask": mask, "scale": args.scale, "enable_gqa": args.group > 1}
-    if not return_lse:
-        return flex(q, k, v, **kwargs)
-    out, aux = flex(q, k, v, return_aux=AuxRequest(lse=True), **kwargs)
-    return out, aux.lse.to(q.dtype)
+    out, lse = _with_lse(flex, q, k, finite_part(v), block_mask=mask, scale=args.scale, enable_gqa=args.group > 1)
+    out = values_put_back(out, lse, v, pattern, args)
+    return (out, lse.to(q.dtype)) if return_lse else out
+
+
+def _with_lse(flex: Any, *operands: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, lse)`` of a FlexAttention call: ``return_aux=AuxRequest(lse=True)`` where torch
+    has it (2.9 and later), else the older ``return_lse=True``."""
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:
+        return flex(*operands, return_lse=True, **kwargs)
+    out, aux = flex(*operands, return_aux=AuxRequest(lse=True), **kwargs)
+    return out, aux.lse

@@ -2,15 +2,19 @@
 
 Each op validates with :mod:`attnref.validation` (the reference's checks, so
 the same errors), then checks what only tensors can get wrong (not a tensor,
-mixed devices), then picks a path:
+mixed devices, a sparse or meta tensor), then picks a path from shapes, dtypes
+and options (on CUDA never from the values: no device synchronisation):
 
-* ``global_attention``: SDPA with a dense mask (:mod:`attnref_torch._sdpa`)
-  where that is exact and the mask small;
-* then, for every pattern: compiled FlexAttention on CUDA when switched on and
-  applicable (:mod:`attnref_torch._flex`); SDPA over per-block key bands
-  (:mod:`attnref_torch._banded`) when there is no ``softcap``/``lse`` and the
-  inputs are finite; else the blocked code (:mod:`attnref_torch._blocked`),
-  which handles every case;
+* :mod:`attnref_torch._sdpa` when every row may see every key and SDPA's
+  result is attnref's by construction (global attention without mask,
+  lengths, softcap, lse or gradient);
+* :mod:`attnref_torch._flex` (compiled FlexAttention) on CUDA when switched on
+  and applicable;
+* :mod:`attnref_torch._banded` (SDPA over key bands) on the CPU without
+  softcap, lse or gradient, when the scores are finite (a host read that waits
+  for no device on the CPU);
+* else :mod:`attnref_torch._blocked`, which handles every case, with its own
+  backward pass;
 * the pooling ops: :mod:`attnref_torch._pooling`.
 """
 
@@ -22,14 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnref.dtypes import numpy_dtype
+from attnref.dtypes import DTYPE_NAMES, name_of_array, numpy_dtype
 from attnref.errors import invalid_type, invalid_value
 from attnref.patterns import Pattern
 from attnref.validation import check_attention, chunk_pattern, full_pattern, window_pattern
 from attnref_torch import _flex, _pooling
 from attnref_torch._banded import banded_applies, banded_attention
 from attnref_torch._blocked import blocked_attention
-from attnref_torch._numerics import Finite
 from attnref_torch._sdpa import sdpa_applies, sdpa_attention
 
 __all__ = [
@@ -94,6 +97,7 @@ def as_tensors(named: dict[str, Any], *, first: str) -> dict[str, Any]:
     lead = named[first]
     if not isinstance(lead, torch.Tensor):
         raise invalid_type(first, type(lead).__name__, "a torch.Tensor")
+    _dense(first, lead)
     device = lead.device
     result = {}
     for argument, value in named.items():
@@ -101,10 +105,33 @@ def as_tensors(named: dict[str, Any], *, first: str) -> dict[str, Any]:
             value = from_numpy(value, device)
         elif value is not None and not isinstance(value, (torch.Tensor, int, float)):
             raise invalid_type(argument, type(value).__name__, "a torch.Tensor")
-        if isinstance(value, torch.Tensor) and value.device != device:
-            raise invalid_value(argument, f"a tensor on {value.device}", f"a tensor on {device}, the device of {first}")
+        if isinstance(value, torch.Tensor):
+            _dense(argument, value)
+            if value.device != device:
+                raise invalid_value(
+                    argument, f"a tensor on {value.device}", f"a tensor on {device}, the device of {first}"
+                )
         result[argument] = value
     return result
+
+
+def _dense(argument: str, t: torch.Tensor) -> None:
+    """A strided tensor with data: a sparse or meta-device tensor is an error naming ``argument``."""
+    if t.layout != torch.strided:
+        raise invalid_type(argument, f"a tensor of layout {t.layout}", "a dense (torch.strided) tensor")
+    if t.device.type == "meta":
+        raise invalid_value(argument, "a tensor on the meta device (it has no values)", "a tensor with values")
+
+
+def checkable(value: Any) -> Any:
+    """A Python scalar or nested sequence as a NumPy array, so that validation answers it
+    as the reference (which calls ``np.asarray`` first) does; anything else unchanged."""
+    if isinstance(value, (bool, int, float, complex, str, list, tuple)):
+        try:
+            return np.asarray(value)
+        except (TypeError, ValueError):
+            return value
+    return value
 
 
 # -- multi-head ops -------------------------------------------------------------
@@ -112,20 +139,27 @@ def _attention(
     pattern: Pattern, q: Any, k: Any, v: Any, *, flex: bool = False, **options: Any
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Validate, then run ``pattern`` on the fastest exact path."""
+    q, k, v = checkable(q), checkable(k), checkable(v)
+    for name in ("q", "k", "v", "bias", "mask"):
+        value = {"q": q, "k": k, "v": v}.get(name, options.get(name))
+        if isinstance(value, torch.Tensor):
+            _dense(name, value)
     args = check_attention(q, k, v, **options)
     t = as_tensors({"q": q, "k": k, "v": v, "bias": options["bias"], "mask": options["mask"]}, first="q")
     q, k, v, bias, mask = t["q"], t["k"], t["v"], t["bias"], t["mask"]
+    if isinstance(bias, torch.Tensor):  # (B, Hq, Lq, Lk) up to broadcasting; autograd keeps dbias's own shape
+        bias = bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))
     return_lse = bool(options["return_lse"])
-    finite = Finite.of(q, k, v, bias)
-    if sdpa_applies(pattern, args, mask=mask, return_lse=return_lse, finite=finite):
-        return sdpa_attention(q, k, v, pattern, args, bias=bias, mask=mask)
-    if flex and _flex.flex_applies(q, args, bias=bias, mask=mask, finite=finite):
+    grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in (q, k, v, bias))
+    if sdpa_applies(pattern, args, mask=mask, return_lse=return_lse, requires_grad=grad):
+        return sdpa_attention(q, k, v, args, bias=bias)
+    if flex and _flex.flex_applies(q, args, bias=bias, mask=mask, requires_grad=grad):
         result = _flex.flex_attention(q, k, v, pattern, args, return_lse=return_lse)
         if result is not None:
             return result
-    if banded_applies(args, return_lse=return_lse, finite=finite):
+    if banded_applies(q, k, v, args, bias=bias, mask=mask, return_lse=return_lse, requires_grad=grad):
         return banded_attention(q, k, v, pattern, args, bias=bias, mask=mask)
-    return blocked_attention(q, k, v, pattern, args, bias=bias, mask=mask, return_lse=return_lse, finite=finite)
+    return blocked_attention(q, k, v, pattern, args, bias=bias, mask=mask, return_lse=return_lse)
 
 
 def global_attention(q: Any, k: Any, v: Any, *, causal: Any = False, **options: Any) -> Any:
@@ -148,40 +182,45 @@ def chunked_attention(
 def attention_vjp(
     op: Callable[..., Any], q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, **kwargs: Any
 ) -> tuple[torch.Tensor, ...]:
-    """``(dq, dk, dv)`` (and ``dbias`` with a bias) of ``op`` at ``(q, k, v)``, through autograd.
+    """``(dq, dk, dv)`` (and ``dbias`` with a bias) of ``op`` at ``(q, k, v)``.
 
-    The gradients have the dtypes of their inputs; ``dbias`` has the bias's
-    own shape (autograd sums over the axes it broadcasts along).
+    Through the blocked path's own backward (autograd records it). The
+    gradients have the dtypes and shapes of their inputs; ``dbias`` has the
+    bias's own shape (summed over the axes it broadcasts along).
     """
-    check_attention(q, k, v, **{n: kwargs[n] for n in _COMMON if n in kwargs})
-    t = as_tensors({"q": q, "k": k, "v": v, "bias": kwargs.get("bias")}, first="q")
-    inputs = [t["q"], t["k"], t["v"]] + ([t["bias"]] if t["bias"] is not None else [])
-    leaves = [x.detach().requires_grad_(True) for x in inputs]
-    if len(leaves) == 4:
+    bias = kwargs.get("bias")
+    inputs = [checkable(q), checkable(k), checkable(v)] + ([bias] if bias is not None else [])
+    leaves = [x.detach().requires_grad_(True) if isinstance(x, torch.Tensor) else x for x in inputs]
+    if bias is not None:
         kwargs = {**kwargs, "bias": leaves[3]}
     with torch.enable_grad():
-        result = op(*leaves[:3], return_lse=dlse is not None, **kwargs)
-        outputs = result if dlse is not None else (result,)
-        upstream = [_upstream("dout", dout, outputs[0])]
+        result = op(*leaves[:3], return_lse=True, **kwargs)
+        upstream = [_upstream("dout", dout, result[0])]
         if dlse is not None:
-            upstream.append(_upstream("dlse", dlse, outputs[1]))
-        grads = torch.autograd.grad(outputs, leaves, upstream, allow_unused=True)
+            upstream.append(_upstream("dlse", dlse, result[1]))
+        grads = torch.autograd.grad(result[: len(upstream)], leaves, upstream, allow_unused=True)
     return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves, strict=True))
 
 
-_COMMON = ("scale", "softcap", "bias", "mask", "kv_lengths", "q_lengths", "align")
-
-
 def _upstream(argument: str, value: Any, output: torch.Tensor) -> torch.Tensor:
+    """An upstream gradient, validated like ``q``: a floating array of the output's shape."""
+    value = checkable(value)
     if isinstance(value, np.ndarray):
+        if name_of_array(value) not in DTYPE_NAMES:
+            raise invalid_type(argument, f"dtype {name_of_array(value)}", "a floating dtype: " + ", ".join(DTYPE_NAMES))
         value = from_numpy(value, output.device)
     if not isinstance(value, torch.Tensor):
         raise invalid_type(argument, type(value).__name__, "a torch.Tensor")
+    _dense(argument, value)
+    if name_of_array(value) not in DTYPE_NAMES:
+        raise invalid_type(argument, f"dtype {name_of_array(value)}", "a floating dtype: " + ", ".join(DTYPE_NAMES))
     if tuple(value.shape) != tuple(output.shape):
         raise invalid_value(
             argument, f"shape {tuple(value.shape)}", f"shape {tuple(output.shape)}, the shape of the forward output"
         )
-    return value.to(device=output.device, dtype=output.dtype)
+    if value.device != output.device:
+        raise invalid_value(argument, f"a tensor on {value.device}", f"a tensor on {output.device}, the device of q")
+    return value.to(dtype=output.dtype)
 
 
 # -- attention pooling ------------------------------------------------------------

@@ -55,7 +55,7 @@ def additive_attention(
     if args.window is not None:
         centers = torch.as_tensor(args.centers, device=x.device)[:, None]
         allowed = allowed & Pattern.window(*args.window).allows(centers, positions)
-    weights, _, _ = masked_softmax(e, allowed, want_lse=False)
+    weights = masked_softmax(e, allowed)
     context = weighted_sum(weights[:, None, :], allowed[:, None, :], xc)[:, 0, :]
     return context.to(x.dtype), weights.to(x.dtype)
 
@@ -89,15 +89,20 @@ def luong_attention(
     source_lengths = torch.as_tensor(args.source_lengths, device=device)[:, None, None]
     allowed = (s < source_lengths).expand(scores.shape)
     if args.mode == "global":
-        weights, _, _ = masked_softmax(scores, allowed, want_lse=False)
+        weights = masked_softmax(scores, allowed)
         return weighted_sum(weights, allowed, hs).to(h_t.dtype), weights.to(h_t.dtype)
     p_t = _aligned_positions(args, ht, weights_of["w_p"], weights_of["v_p"], source_lengths)  # (B, T, 1)
     allowed = allowed & Pattern.window(args.half_width, args.half_width).allows(p_t.detach(), s)
-    weights, _, _ = masked_softmax(scores, allowed, want_lse=False)
+    weights = masked_softmax(scores, allowed)
     if args.mode == "local-p":
         sigma = args.half_width / 2
         gauss = torch.exp(-((s.to(dt) - p_t) ** 2) / (2 * sigma * sigma))
         weights = torch.where(allowed, weights * gauss, torch.zeros((), dtype=dt, device=device))
+        # A NaN p_t leaves the window undefined (every comparison above is False): the NaN
+        # must reach the outputs, so every valid source position of that row gets NaN.
+        unknown = torch.isnan(p_t) & (s < source_lengths)
+        weights = torch.where(unknown, float("nan"), weights).to(dt)
+        allowed = allowed | unknown
     return weighted_sum(weights, allowed, hs).to(h_t.dtype), weights.to(h_t.dtype)
 
 

@@ -22,7 +22,7 @@ from importlib import metadata
 from typing import Any
 
 import attnref
-from attnref.backend import OPS
+from attnref.backend import FORWARD_OPS
 from attnref.dtypes import DTYPE_NAMES
 
 __all__ = ["DEVICE_VARIABLE", "FLEX_VARIABLE", "TorchBackend"]
@@ -64,7 +64,7 @@ class TorchBackend:
     """
 
     name = "torch"
-    ops = frozenset(OPS)
+    ops = frozenset(FORWARD_OPS)  # the *_vjp ops join once their signatures equal the reference's
     dtypes = frozenset(DTYPE_NAMES)
 
     def __init__(self, device: Any = None, flex: bool | None = None):
@@ -169,18 +169,76 @@ class TorchBackend:
             flex=self.flex,
         )  # fmt: skip
 
-    # -- gradients (through autograd) -------------------------------------
-    def global_attention_vjp(self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, **kwargs: Any) -> Any:
-        """:func:`attnref.reference.global_attention_vjp` on tensors, through autograd."""
-        return _ops_module().attention_vjp(self.global_attention, q, k, v, dout, dlse=dlse, **kwargs)
+    # -- gradients (the blocked path's own backward) ----------------------------
+    def global_attention_vjp(
+        self,
+        q: Any,
+        k: Any,
+        v: Any,
+        dout: Any,
+        *,
+        dlse: Any = None,
+        causal: bool = False,
+        scale: float | None = None,
+        softcap: float | None = None,
+        bias: Any = None,
+        mask: Any = None,
+        kv_lengths: Any = None,
+        q_lengths: Any = None,
+        align: str = "bottom_right",
+    ) -> tuple[Any, ...]:
+        """:func:`attnref.reference.global_attention_vjp` on tensors: ``(dq, dk, dv[, dbias])``."""
+        return _ops_module().attention_vjp(
+            self.global_attention, q, k, v, dout, dlse=dlse, causal=causal,
+            scale=scale, softcap=softcap, bias=bias, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+        )  # fmt: skip
 
-    def local_attention_vjp(self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, **kwargs: Any) -> Any:
-        """:func:`attnref.reference.local_attention_vjp` on tensors, through autograd."""
-        return _ops_module().attention_vjp(self.local_attention, q, k, v, dout, dlse=dlse, **kwargs)
+    def local_attention_vjp(
+        self,
+        q: Any,
+        k: Any,
+        v: Any,
+        dout: Any,
+        *,
+        window: Any,
+        dlse: Any = None,
+        scale: float | None = None,
+        softcap: float | None = None,
+        bias: Any = None,
+        mask: Any = None,
+        kv_lengths: Any = None,
+        q_lengths: Any = None,
+        align: str = "bottom_right",
+    ) -> tuple[Any, ...]:
+        """:func:`attnref.reference.local_attention_vjp` on tensors: ``(dq, dk, dv[, dbias])``."""
+        return _ops_module().attention_vjp(
+            self.local_attention, q, k, v, dout, dlse=dlse, window=window,
+            scale=scale, softcap=softcap, bias=bias, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+        )  # fmt: skip
 
-    def chunked_attention_vjp(self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, **kwargs: Any) -> Any:
-        """:func:`attnref.reference.chunked_attention_vjp` on tensors, through autograd."""
-        return _ops_module().attention_vjp(self.chunked_attention, q, k, v, dout, dlse=dlse, **kwargs)
+    def chunked_attention_vjp(
+        self,
+        q: Any,
+        k: Any,
+        v: Any,
+        dout: Any,
+        *,
+        chunk_size: int,
+        causal: bool = False,
+        dlse: Any = None,
+        scale: float | None = None,
+        softcap: float | None = None,
+        bias: Any = None,
+        mask: Any = None,
+        kv_lengths: Any = None,
+        q_lengths: Any = None,
+        align: str = "bottom_right",
+    ) -> tuple[Any, ...]:
+        """:func:`attnref.reference.chunked_attention_vjp` on tensors: ``(dq, dk, dv[, dbias])``."""
+        return _ops_module().attention_vjp(
+            self.chunked_attention, q, k, v, dout, dlse=dlse, chunk_size=chunk_size, causal=causal,
+            scale=scale, softcap=softcap, bias=bias, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+        )  # fmt: skip
 
     # -- attention pooling ------------------------------------------------
     def additive_attention(

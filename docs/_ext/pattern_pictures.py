@@ -2,7 +2,10 @@
 
 Every picture is computed by :class:`attnref.patterns.Pattern` (``dense`` for the
 multi-head ops, ``allows`` for the pooling ops, exactly as the reference calls
-it), never by a rule restated here, so a picture cannot disagree with the code.
+it), by the reference ops themselves (sinks, packed sequences, merged states:
+the weights come out of the op) or by the validation that backends share (the
+page table), never by a rule restated here, so a picture cannot disagree with
+the code.
 Rows are queries (or batches, or target steps), columns are keys (or positions,
 or source steps); a filled cell is an allowed pair.
 
@@ -20,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from attnref import reference
 from attnref.patterns import Pattern, align_offset
+from attnref.validation import check_paged
 
 ALLOWED = "#2f6db5"
 DISALLOWED = "#eceff3"
@@ -39,6 +44,8 @@ class Grid:
     row_ticks: list[str]
     marks: np.ndarray | None = None  # x position of the row's aligned position/centre (NaN = none)
     shade: np.ndarray | None = None  # values in [0, 1] for allowed cells (local-p's Gaussian)
+    text: np.ndarray | None = None  # a short label per cell ("" = none)
+    col_ticks: list[str] | None = None  # default: 0, 1, 2, ...
 
 
 def _multihead(pattern: Pattern, q_len: int, kv_len: int, align: str, title: str) -> Grid:
@@ -107,6 +114,79 @@ def _luong_local_p(p_t: list[float], source_len: int, half_width: int) -> Grid:
     )
 
 
+def _sinks(window: tuple[int, int], length: int, sink: float) -> Grid:
+    """The weights of a causal window with a sink, from the reference: ``q = k = 0`` (every score 0)."""
+    q = np.zeros((1, 1, length, 1))
+    _, lse, weights = reference.local_attention(
+        q, q, q, window=window, sinks=np.array([sink]), return_lse=True, return_weights=True
+    )
+    to_sink = np.exp(sink - lse[0, 0])[:, None]  # the probability the sink takes from each row
+    shown = np.concatenate([to_sink, weights[0, 0]], axis=1)
+    return Grid(
+        allowed=shown > 0,
+        title=f"local_attention(window={window}, sinks=[{sink:g}]), every score 0\nshade and label: weight",
+        row_label="query i",
+        col_label="sink, then key j",
+        row_ticks=[str(i) for i in range(length)],
+        shade=shown,
+        text=np.where(shown > 0, np.char.mod("%.2f", shown).astype(object), ""),
+        col_ticks=["sink", *(str(j) for j in range(length))],
+    )
+
+
+def _packed(q_lens: list[int], k_lens: list[int]) -> Grid:
+    """The allowed pairs of a packed causal batch, from the reference: ``q = k = 0`` and one-hot
+    values, so that output ``(t, j)`` is the weight of packed key ``j`` for packed query ``t``."""
+    cu_q, cu_k = np.cumsum([0, *q_lens]), np.cumsum([0, *k_lens])
+    q, k = np.zeros((int(cu_q[-1]), 1, 1)), np.zeros((int(cu_k[-1]), 1, 1))
+    v = np.eye(int(cu_k[-1]))[:, None, :]
+    weights = reference.global_attention(q, k, v, causal=True, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)[:, 0]
+    sequence = np.repeat(np.arange(len(q_lens)), q_lens)
+    return Grid(
+        allowed=weights > 0,
+        title=f"packed causal attention (bottom_right per sequence)\ncu_seqlens_q={cu_q.tolist()}, "
+        f"cu_seqlens_k={cu_k.tolist()}",
+        row_label="packed query t  (sequence b)",
+        col_label="packed key",
+        row_ticks=[f"{t}  (b={b})" for t, b in enumerate(sequence)],
+    )
+
+
+def _page_table(table: list[list[int]], seqlens: list[int], block_size: int, num_blocks: int) -> Grid:
+    """Where each key of each sequence lives: ``block:slot`` from the shared validation."""
+    q = np.zeros((len(table), 1, 1, 1))
+    cache = np.zeros((num_blocks, block_size, 1, 1))
+    args = check_paged(q, cache, cache, block_table=np.array(table), cache_seqlens=np.array(seqlens))
+    width = len(table[0]) * block_size
+    text = np.full((len(table), width), "", dtype=object)
+    for b in range(len(table)):
+        blocks, slots = args.key_slots(b)
+        for t, (blk, slot) in enumerate(zip(blocks, slots, strict=True)):
+            text[b, t] = f"{blk}:{slot}"
+    return Grid(
+        allowed=text != "",
+        title=f"block_table={table}, cache_seqlens={seqlens}, block_size={block_size}\nlabel: block:slot of key t",
+        row_label="sequence b",
+        col_label="key position t",
+        row_ticks=[str(b) for b in range(len(table))],
+        text=text,
+    )
+
+
+def _split(length: int, parts: list[int]) -> Grid:
+    """A causal attention's keys split into parts (split-KV): each allowed cell labelled with its part."""
+    allowed = Pattern.full(causal=True).dense(length, length)
+    owner = np.asarray(parts)[None, :].repeat(length, axis=0)
+    return Grid(
+        allowed=allowed,
+        title=f"causal attention, keys split into {max(parts) + 1} parts\nlabel: the part that scores the key",
+        row_label="query i",
+        col_label="key j",
+        row_ticks=[str(i) for i in range(length)],
+        text=np.where(allowed, owner.astype(str).astype(object), ""),
+    )
+
+
 # name -> how to compute it. The names are referenced from the op pages.
 PICTURES: dict[str, Callable[[], Grid]] = {
     "global_attention-global": lambda: _multihead(Pattern.full(), 4, 6, "bottom_right", "global"),
@@ -139,6 +219,10 @@ PICTURES: dict[str, Callable[[], Grid]] = {
     "additive_attention-window-2-2": lambda: _additive((2, 2), 11, [5, 1, 9]),
     "luong_attention-local-m": lambda: _luong_local_m(10, 8, 2),
     "luong_attention-local-p": lambda: _luong_local_p([0.4, 1.7, 2.5, 4.0, 5.2, 6.8, 7.6], 9, 2),
+    "sinks-window-2-0": lambda: _sinks((2, 0), 6, 0.0),
+    "varlen-block-diagonal": lambda: _packed([3, 2, 4], [4, 2, 5]),
+    "paged_attention-page-table": lambda: _page_table([[3, 0, 5], [3, 1, -1]], [7, 4], 3, 6),
+    "merge_attention_states-split": lambda: _split(8, [0, 0, 0, 1, 1, 1, 2, 2]),
 }
 
 
@@ -158,10 +242,15 @@ def draw(grid: Grid, path: Path) -> None:
         else:
             ramp = LinearSegmentedColormap.from_list("gauss", [DISALLOWED, ALLOWED])
             ax.imshow(np.where(grid.allowed, 0.12 + 0.88 * grid.shade, 0.0), cmap=ramp, vmin=0, vmax=1)
+        if grid.text is not None:
+            for (y, x), label in np.ndenumerate(grid.text):
+                if label:
+                    dark = grid.allowed[y, x] and (grid.shade is None or grid.shade[y, x] > 0.45)
+                    ax.text(x, y, label, ha="center", va="center", fontsize=5.5, color="white" if dark else "black")
         if grid.marks is not None:
             ys = np.arange(rows)[~np.isnan(grid.marks)]
             ax.scatter(grid.marks[~np.isnan(grid.marks)], ys, s=16, color=MARK, zorder=3, edgecolors="black", lw=0.4)
-        ax.set_xticks(np.arange(cols))
+        ax.set_xticks(np.arange(cols), labels=grid.col_ticks)
         ax.set_yticks(np.arange(rows), labels=grid.row_ticks)
         ax.set_xticks(np.arange(cols + 1) - 0.5, minor=True)
         ax.set_yticks(np.arange(rows + 1) - 0.5, minor=True)

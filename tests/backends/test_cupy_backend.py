@@ -8,6 +8,7 @@ same comparisons run on real CuPy arrays where a GPU is present.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import types
 
@@ -18,10 +19,10 @@ import pytest
 from attnref import BackendUnavailableError, reference
 from attnref.backend import OPS, backend_problems
 from attnref.dtypes import numpy_dtype
+from attnref_blocked import BlockConfig
 from attnref_cupy import backend as cupy_backend
 from attnref_cupy.backend import CupyBackend
 from attnref_cupy.plugin import attnref_backends
-from attnref_numpy.blocked import BlockConfig
 
 CUPY_DTYPES = ("float16", "float32", "float64")
 TINY_BLOCKS = BlockConfig(score_elements=200, max_rows=5, tile=3)
@@ -39,11 +40,21 @@ def test_plugin_registers_a_valid_backend():
     (backend,) = attnref_backends()
     assert backend_problems(backend) == []
     assert backend.name == "cupy"
-    assert backend.ops == frozenset(OPS)
+    assert {"global_attention", "additive_attention", "luong_attention"} <= backend.ops <= set(OPS)
+    assert {op for op in OPS if op.endswith("_vjp")} <= backend.ops  # the shared blocked backward
     assert backend.dtypes == frozenset(CUPY_DTYPES)
     reason = backend.unavailable_reason
     assert reason is None or isinstance(reason, str)
     assert isinstance(backend.version, str)
+
+
+def test_cupy_backend_imports_no_other_backend():
+    """The shared code lives in attnref_blocked: the CuPy backend never imports the NumPy backend."""
+    code = "import sys, attnref_cupy.plugin; print(' '.join(m.split('.')[0] for m in sys.modules))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(run.stdout.split())
+    assert "attnref_blocked" in loaded
+    assert not loaded & {"attnref_numpy", "attnref_torch", "cupy", "torch"}
 
 
 def test_missing_cupy_is_reported_not_raised(monkeypatch, fresh_import):
@@ -143,6 +154,29 @@ def run_pooling_cases(backend, dtype: str) -> None:
             close_enough(g, r, n, dtype, 3.0)
 
 
+def run_vjp_cases(backend, dtype: str) -> None:
+    """The gradients against the reference VJPs (float64: to rounding; lower dtypes: a few roundings)."""
+    rng = np.random.default_rng(20 + CUPY_DTYPES.index(dtype))
+    dt = numpy_dtype(dtype)
+    q = rng.standard_normal((2, 4, 11, 8)).astype(dt)
+    k, v = (rng.standard_normal((2, 2, 17, 8)).astype(dt) for _ in range(2))
+    dout, dlse = rng.standard_normal((2, 4, 11, 8)).astype(dt), rng.standard_normal((2, 4, 11)).astype(dt)
+    v[1, :, 16] = np.nan  # beyond kv_lengths: reaches no gradient
+    bias = rng.standard_normal((4, 1, 17)).astype(dt)
+    eps = float(ml_dtypes.finfo(dt).eps)
+    for op, kwargs in [*MULTIHEAD_CASES[1:], ("local_attention", {"window": (2, 2), "bias": bias, "dlse": dlse})]:
+        kwargs = {**kwargs, "kv_lengths": [17, 16]} if "kv_lengths" not in kwargs else kwargs
+        native = {n: backend.asarray(a) if isinstance(a, np.ndarray) else a for n, a in kwargs.items()}
+        got = getattr(backend, f"{op}_vjp")(*(backend.asarray(a) for a in (q, k, v, dout)), **native)
+        ref = getattr(reference, f"{op}_vjp")(q, k, v, dout, **kwargs)
+        assert len(got) == len(ref)
+        for g, r in zip(got, ref, strict=True):
+            g = backend.to_numpy(g)
+            assert g.dtype == dt and np.isfinite(g).all()
+            scale = max(1.0, float(np.abs(r).max()))
+            assert np.abs(g.astype(np.float64) - r).max() <= (1e-9 if dtype == "float64" else 8 * eps) * scale
+
+
 @pytest.mark.parametrize("dtype", CUPY_DTYPES)
 @pytest.mark.parametrize("block", [None, TINY_BLOCKS], ids=["default-blocks", "tiny-blocks"])
 def test_code_path_with_numpy_as_namespace(dtype, block):
@@ -150,6 +184,7 @@ def test_code_path_with_numpy_as_namespace(dtype, block):
     assert backend.unavailable_reason is None
     run_multihead_cases(backend, dtype)
     run_pooling_cases(backend, dtype)
+    run_vjp_cases(backend, dtype)
 
 
 def gpu_backend(block=None) -> CupyBackend:
@@ -165,6 +200,7 @@ def test_gpu_matches_reference(dtype, block):
     backend = gpu_backend(block)
     run_multihead_cases(backend, dtype)
     run_pooling_cases(backend, dtype)
+    run_vjp_cases(backend, dtype)
 
 
 def test_gpu_keeps_arrays_on_the_device():

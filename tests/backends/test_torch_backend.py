@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 import warnings
 import zlib
 
@@ -25,7 +26,7 @@ import attnref  # noqa: E402
 from attnref import reference as R  # noqa: E402
 from attnref.dtypes import DTYPE_NAMES, numpy_dtype  # noqa: E402
 from attnref.errors import InvalidArgumentError, InvalidTypeError  # noqa: E402
-from attnref_torch import TorchBackend, _banded, _blocked, _flex, _numerics, _ops, _sdpa  # noqa: E402
+from attnref_torch import TorchBackend, _banded, _blocked, _flex, _ops, _plan, _sdpa  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device"))]
@@ -54,13 +55,12 @@ def path(request, monkeypatch):
 def small_blocks(monkeypatch):
     """Query blocks of 8 rows, key tiles of 4 and a few blocks per step, so that small
     cases cross many boundaries."""
-    monkeypatch.setattr(_blocked, "BLOCK_ROWS", 8)
-    monkeypatch.setattr(_blocked, "CUDA_BLOCK_ROWS", 8)
-    monkeypatch.setattr(_blocked, "KEY_TILE", 4)
+    monkeypatch.setattr(_plan, "BLOCK_ROWS", 8)
+    monkeypatch.setattr(_plan, "CUDA_BLOCK_ROWS", 8)
+    monkeypatch.setattr(_plan, "KEY_TILE", 4)
     monkeypatch.setattr(_blocked, "CPU_STEP_ELEMENTS", 3000)  # a few blocks per batched step
     monkeypatch.setattr(_blocked, "CUDA_STEP_ELEMENTS", 3000)
     monkeypatch.setattr(_banded, "STEP_MASK_ELEMENTS", 1000)
-    monkeypatch.setattr(_banded, "CUDA_STEP_MASK_ELEMENTS", 1000)
 
 
 def _seed(*parts) -> int:
@@ -266,21 +266,30 @@ def test_nan_in_bias_at_masked_keys_does_not_leak(backend, small_blocks):
 
 
 # -- paths --------------------------------------------------------------------------------
-def test_global_attention_takes_sdpa_when_exact(cpu, monkeypatch):
+def test_sdpa_path_applies_exactly_when_every_row_sees_every_key(cpu, monkeypatch):
+    """SDPA runs when the pattern allows every key to every row and there is no mask, no
+    lengths, no softcap, no lse and no gradient; every other call is blocked (decided from
+    metadata alone, whatever the values)."""
     rng = np.random.default_rng(0)
     t = {n: cpu.asarray(a) for n, a in qkv(rng, "float32").items()}
     calls = []
     real = _sdpa.sdpa_attention
     monkeypatch.setattr("attnref_torch._ops.sdpa_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     cpu.global_attention(**t)
-    cpu.global_attention(**t, causal=True, align="top_left")
-    cpu.global_attention(**t, mask=torch.ones(13, 17, dtype=torch.bool))
-    assert len(calls) == 3
-    cpu.global_attention(**t, softcap=2.0)
-    cpu.global_attention(**t, return_lse=True)
+    cpu.global_attention(**t, bias=torch.zeros(13, 17))
+    cpu.local_attention(**t, window=(None, None))
+    cpu.local_attention(**t, window=(40, 40))
+    cpu.global_attention(t["q"][:, :, :1], t["k"], t["v"], causal=True)  # one query row sees every key
     t["k"][0, 0, 0, 0] = float("inf")
     cpu.global_attention(**t)
-    assert len(calls) == 3
+    assert len(calls) == 6
+    cpu.global_attention(**t, causal=True, align="top_left")
+    cpu.global_attention(**t, mask=torch.ones(13, 17, dtype=torch.bool))
+    cpu.global_attention(**t, kv_lengths=[17, 17])
+    cpu.global_attention(**t, softcap=2.0)
+    cpu.global_attention(**t, return_lse=True)
+    cpu.global_attention(t["q"].requires_grad_(), t["k"], t["v"])
+    assert len(calls) == 6
 
 
 def test_default_path_emits_no_warning(backend, small_blocks):
@@ -537,8 +546,8 @@ def _differentiable(backend, op, options):
 
 @pytest.mark.parametrize("case", list(GRAD_CASES))
 def test_gradcheck(backend, path, small_blocks, case, monkeypatch):
-    monkeypatch.setattr(_blocked, "BLOCK_ROWS", 3)
-    monkeypatch.setattr(_blocked, "CUDA_BLOCK_ROWS", 3)
+    monkeypatch.setattr(_plan, "BLOCK_ROWS", 3)
+    monkeypatch.setattr(_plan, "CUDA_BLOCK_ROWS", 3)
     rng = np.random.default_rng(len(case))
     op, inputs, options = _grad_inputs(case, rng, backend.device)
     assert torch.autograd.gradcheck(_differentiable(backend, op, options), tuple(inputs), fast_mode=True)
@@ -629,7 +638,12 @@ def test_flex_block_mask_and_mask_mod_give_the_reference(monkeypatch, op, option
 
 def test_flex_stops_at_its_variant_limit(monkeypatch):
     calls = []
-    monkeypatch.setattr(_flex, "_compiled", lambda: lambda q, k, v, **kw: calls.append(q.shape) or q)
+
+    def fake(q, k, v, **kw):  # FlexAttention's answer shape: (out, aux with lse)
+        calls.append(q.shape)
+        return q, types.SimpleNamespace(lse=q[..., 0])
+
+    monkeypatch.setattr(_flex, "_compiled", lambda: fake)
     monkeypatch.setattr(_flex, "_variants", set())
     pattern = attnref.validation.window_pattern(2)
     results = []
@@ -640,7 +654,8 @@ def test_flex_stops_at_its_variant_limit(monkeypatch):
         )
     assert [r is None for r in results] == [False] * _flex.MAX_VARIANTS + [True, True]
     q = torch.zeros(1, 1, 16, 16)  # a known variant still runs
-    assert _flex.flex_attention(q, q, q, pattern, attnref.validation.check_attention(q, q, q), return_lse=False) is q
+    out = _flex.flex_attention(q, q, q, pattern, attnref.validation.check_attention(q, q, q), return_lse=False)
+    assert torch.equal(out, q)
     assert len(calls) == _flex.MAX_VARIANTS + 1
 
 
@@ -677,8 +692,7 @@ def test_flex_path_on_cuda(op, options, dtype, Lq):
     arrays = qkv(np.random.default_rng(0), dtype, B=1, Hq=4, Hkv=2, Lq=Lq, Lk=2048, D=64, Dv=64)
     t = {n: backend.asarray(a) for n, a in arrays.items()}
     args = attnref.validation.check_attention(t["q"], t["k"], t["v"])
-    finite = _numerics.Finite.of(t["q"], t["k"], t["v"], None)
-    assert _flex.flex_applies(t["q"], args, bias=None, mask=None, finite=finite)
+    assert _flex.flex_applies(t["q"], args, bias=None, mask=None, requires_grad=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # compiling may warn; the flex path is opt-in
         run_and_compare(backend, op, arrays, options, dtype)

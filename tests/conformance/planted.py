@@ -28,11 +28,18 @@ from attnref.validation import (
     check_additive,
     check_attention,
     check_luong,
+    check_merge,
+    check_paged,
+    check_upstream_gradient,
     check_window,
     chunk_pattern,
     full_pattern,
     host_integers,
 )
+
+# Known gap (reported to the reference's owners): the reference's precision="bfloat16" run sums the softmax
+# denominator sequentially in bfloat16 (ml_dtypes has no pairwise sum), so on a long flat row its own error is
+# about 15 and the bfloat16 bound is too loose to see "fp16-denominator"; float16 sums pairwise and catches it.
 
 #: Keys per block of the online softmax: small blocks for short rows (so partial and
 #: single-key blocks happen), kernel-sized ones for long rows.
@@ -41,12 +48,18 @@ SHORT_KEY_BLOCK, LONG_KEY_BLOCK = 4, 128
 
 @dataclass(frozen=True)
 class Bug:
-    """A planted bug: what it is, and a case that must catch it."""
+    """A planted bug: what it is, a case that must catch it, and the dtypes that case catches it in.
+
+    ``caught_in`` is asserted exactly by the detection-matrix test: a bug of the
+    logic is caught in every dtype; a precision bug only where it changes the
+    arithmetic (``fp32-in-fp16`` only in float32).
+    """
 
     description: str
     op: str
     dtype: str
     catches: str  # the case id (within ``op``) that must fail or error
+    caught_in: tuple[str, ...] = DTYPE_NAMES
 
 
 BUGS: dict[str, Bug] = {
@@ -65,8 +78,8 @@ BUGS: dict[str, Bug] = {
     "neg-inf-scores-nan": Bug(
         "rows whose allowed scores are all -inf give NaN", "local_attention", "float64", "bias-neg-inf"
     ),
-    "fp32-in-fp16": Bug("float32 inputs computed in float16", "global_attention", "float32", "basic"),
-    "fp16-in-bf16": Bug("float16 inputs computed in bfloat16", "global_attention", "float16", "basic"),
+    "fp32-in-fp16": Bug("float32 inputs computed in float16", "global_attention", "float32", "basic", ("float32",)),
+    "fp16-in-bf16": Bug("float16 inputs computed in bfloat16", "global_attention", "float16", "basic", ("float16",)),
     "gqa-modulo": Bug("kv head h % Hkv instead of h // group", "global_attention", "float64", "gqa"),
     "softcap-after-bias": Bug("softcap applied after the bias", "local_attention", "float64", "softcap-bias"),
     "softcap-no-divide": Bug(
@@ -90,7 +103,9 @@ BUGS: dict[str, Bug] = {
     "kv-lengths-unchecked": Bug(
         "kv_lengths not range-checked", "global_attention", "float64", "error-kv-lengths-too-long"
     ),
-    "dtype-upcast": Bug("16-bit inputs return a float32 out", "local_attention", "float16", "basic"),
+    "dtype-upcast": Bug(
+        "16-bit inputs return a float32 out", "local_attention", "float16", "basic", ("float16", "bfloat16")
+    ),
     "lse-always": Bug("returns (out, lse) even when return_lse=False", "global_attention", "float64", "out-only"),
     "additive-centre": Bug(
         "default centre (L - 1) // 2 instead of L // 2", "additive_attention", "float64", "window-even-length"
@@ -126,6 +141,106 @@ BUGS: dict[str, Bug] = {
     "tail-block-dropped": Bug("the last, partial key block skipped", "global_attention", "float64", "basic"),
     "mutates-input": Bug("q scaled in place", "local_attention", "float64", "basic"),
     "luong-concat-order": Bug("concat score as concat(h_s, h_t)", "luong_attention", "float64", "global-concat"),
+    # the classic bugs of issue 10 item 9
+    "scale-after-softcap": Bug(
+        "scale applied after the softcap: scale * softcap * tanh(q.k / softcap)",
+        "global_attention",
+        "float64",
+        "softcap",
+    ),
+    "bias-head0": Bug("head 0's bias broadcast to every head", "local_attention", "float64", "bias-broadcast-heads"),
+    "fp16-denominator": Bug(
+        "softmax denominator summed key by key in the 16-bit input dtype",
+        "global_attention",
+        "float16",
+        "long-flat",
+        ("float16",),  # known gap: see below
+    ),
+    "d-dv-confusion": Bug("default scale 1/sqrt(Dv) instead of 1/sqrt(D)", "chunked_attention", "float64", "dv-ne-d"),
+    # non-finite values hidden by a rule (issue 10 item 10)
+    "mask-added-not-selected": Bug(
+        "masking adds -inf to the scores instead of selecting (NaN + -inf = NaN leaks from a hidden key)",
+        "local_attention",
+        "float64",
+        "hidden-nan-k-inf-v-pattern",
+    ),
+    # gradients (issue 14 item 3): each caught by a named gradient case
+    "vjp-dq-no-scale": Bug("dq without the softmax scale", "global_attention_vjp", "float64", "basic"),
+    "vjp-gqa-not-summed": Bug(
+        "dk, dv of a kv head from the last query head of its group, not summed",
+        "local_attention_vjp",
+        "float64",
+        "gqa",
+    ),
+    "vjp-dlse-ignored": Bug("dlse ignored", "chunked_attention_vjp", "float64", "dlse"),
+    "vjp-softcap-chain-dropped": Bug(
+        "the softcap's 1 - tanh^2 dropped from the chain rule", "global_attention_vjp", "float64", "softcap"
+    ),
+    "vjp-dk-dv-swapped": Bug("returns (dq, dv, dk)", "local_attention_vjp", "float64", "basic"),
+    "vjp-dbias-not-summed": Bug(
+        "dbias of a broadcast bias taken from the first batch and head, not summed",
+        "global_attention_vjp",
+        "float64",
+        "bias-broadcast-rows",
+    ),
+    "vjp-window-off-by-one": Bug(
+        "the window's left side one wider in the backward pass only",
+        "local_attention_vjp",
+        "float64",
+        "window-left-edge",
+    ),
+    "vjp-nan-masked-rows": Bug(
+        "fully-masked rows give 0/0 = NaN gradients", "chunked_attention_vjp", "float64", "mask"
+    ),
+    "vjp-16bit-accumulation": Bug(
+        "dk, dv summed over query rows in a running 16-bit sum",
+        "global_attention_vjp",
+        "float16",
+        "long-queries",
+        ("float16", "bfloat16"),
+    ),
+    "vjp-alignment": Bug(
+        "bottom_right treated as top_left in the backward pass",
+        "local_attention_vjp",
+        "float64",
+        "lq-lt-lk-bottom-right",
+    ),
+    "vjp-dout-of-padding-read": Bug(
+        "padding rows read their dout (0 * NaN reaches dv)", "global_attention_vjp", "float64", "q-lengths"
+    ),
+    # sinks, paged KV caches, merged states (issue 11 item 4)
+    "sink-scaled": Bug("the sink logit multiplied by the softmax scale", "global_attention", "float64", "sinks"),
+    "lse-without-sink": Bug("lse returned without the sink's term", "local_attention", "float64", "sinks"),
+    "paged-table-modulo": Bug(
+        "key t read from table column t % max_blocks, slot t // max_blocks", "paged_attention", "float64", "basic"
+    ),
+    "paged-seqlens-ignored": Bug(
+        "every slot of the table read, cache_seqlens ignored", "paged_attention", "float64", "partial-block"
+    ),
+    "paged-sink-softcapped": Bug("the sink softcapped like a score", "paged_attention", "float64", "sinks-softcap"),
+    "merge-no-max-shift": Bug("exp(lses) without the max shift", "merge_attention_states", "float64", "large-lse"),
+    "merge-neg-inf-leak": Bug(
+        "a part with lse -inf multiplied by its weight 0 (NaN outs leak)",
+        "merge_attention_states",
+        "float64",
+        "neg-inf-part",
+    ),
+    "merge-empty-nan": Bug("every part empty: 0 / 0 = NaN output", "merge_attention_states", "float64", "all-neg-inf"),
+    # memory layouts (issue 10 item 5)
+    "strides-ignored": Bug(
+        "reads memory in storage order as if C-contiguous (ignores strides)",
+        "global_attention",
+        "float64",
+        "layout-transposed",
+    ),
+    "unit-stride-assumed": Bug("assumes an innermost stride of 1", "local_attention", "float64", "layout-sliced"),
+    # errors (issue 10 item 2)
+    "error-unnamed": Bug(
+        "never validates: NumPy's 'operands could not be broadcast' for every invalid input",
+        "chunked_attention",
+        "float64",
+        "error-head-dim-mismatch",
+    ),
 }
 
 
@@ -151,6 +266,7 @@ class ToyBackend:
         name: str = "toy",
         ops: frozenset[str] = frozenset(OPS),
         dtypes: frozenset[str] = frozenset(DTYPE_NAMES),
+        lacks: frozenset[str] = frozenset(),
     ):
         unknown = set(bugs) - set(BUGS)
         if unknown:
@@ -159,6 +275,7 @@ class ToyBackend:
         self.name = name
         self.ops = ops
         self.dtypes = dtypes
+        self.lacks = frozenset(lacks)  # keywords it declines with UnsupportedError, as a FlashAttention wrapper
 
     def asarray(self, array: Any) -> np.ndarray:
         return np.array(array)  # a copy, as a device transfer would be
@@ -219,26 +336,38 @@ class ToyBackend:
         q_lengths: Any = None,
         align: Any = "bottom_right",
         return_lse: Any = False,
+        sinks: Any = None,
         chunk: bool = False,
     ) -> Any:
+        given = {"bias": bias, "softcap": softcap, "mask": mask, "kv_lengths": kv_lengths, "q_lengths": q_lengths}
+        for feature in sorted(self.lacks):
+            if given.get(feature) is not None:
+                raise attnref.UnsupportedError(feature, "this toy kernel has no such input")
+        q, k, v = (self._layout_bugs(x) for x in (q, k, v))
         if "lengths-list-unsupported" in self.bugs and isinstance(kv_lengths, list):
             raise AttributeError("'list' object has no attribute 'astype'")
         unchecked = "kv-lengths-unchecked" in self.bugs
         if "accepts-mixed-dtypes" in self.bugs:
             k, v = (np.asarray(x).astype(q.dtype) for x in (k, v))
-        a = check_attention(
-            q,
-            k,
-            v,
-            scale=scale,
-            softcap=softcap,
-            bias=bias,
-            mask=mask,
-            kv_lengths=None if unchecked else kv_lengths,
-            q_lengths=q_lengths,
-            align=align,
-            return_lse=return_lse,
-        )
+        try:
+            a = check_attention(
+                q,
+                k,
+                v,
+                scale=scale,
+                softcap=softcap,
+                bias=bias,
+                mask=mask,
+                kv_lengths=None if unchecked else kv_lengths,
+                q_lengths=q_lengths,
+                align=align,
+                return_lse=return_lse,
+                sinks=sinks,
+            )
+        except ValueError as exc:
+            if "error-unnamed" in self.bugs:
+                raise ValueError("operands could not be broadcast together") from exc
+            raise
         pattern = make_pattern()
         kv_len = host_integers("kv_lengths", kv_lengths) if unchecked and kv_lengths is not None else a.kv_lengths
         if "kv-lengths-ignored" in self.bugs:
@@ -247,7 +376,9 @@ class ToyBackend:
         if "mutates-input" in self.bugs:
             q *= q.dtype.type(a.scale)  # "saves a copy"
         qc, kc, vc = (np.asarray(x).astype(work) for x in (q, k, v))
-        if "scale-ignored" in self.bugs or ("scale-no-sqrt" in self.bugs and scale is None):
+        if "d-dv-confusion" in self.bugs and scale is None:
+            s_scale = 1.0 / math.sqrt(a.value_dim)
+        elif "scale-ignored" in self.bugs or ("scale-no-sqrt" in self.bugs and scale is None):
             s_scale = 1.0 / (a.head_dim if "scale-no-sqrt" in self.bugs else math.sqrt(a.head_dim))
         else:
             s_scale = a.scale
@@ -273,7 +404,8 @@ class ToyBackend:
                 if mask_full is not None:
                     head_mask = mask_full[b, 0 if "mask-head0" in self.bugs else h]
                     ok = ok & (~head_mask if "mask-inverted" in self.bugs else head_mask)
-                s = self._scores(qc[b, h], kc[b, kvh], s_scale, softcap, None if bias_full is None else bias_full[b, h])
+                bias_h = None if bias_full is None else bias_full[b, 0 if "bias-head0" in self.bugs else h]
+                s = self._scores(qc[b, h], kc[b, kvh], s_scale, softcap, bias_h)
                 if "nan-squashed" in self.bugs:
                     ok = ok & ~np.isnan(s)
                 if "mask-before-softcap" in self.bugs and softcap is not None:
@@ -283,7 +415,14 @@ class ToyBackend:
                     if bias_full is not None:
                         s = s + bias_full[b, h]
                     ok = allowed
-                o, l_ = self._online_softmax(s, ok, vc[b, kvh], work)
+                sink = None
+                if a.sinks is not None:
+                    value = a.sinks[h] * (s_scale if "sink-scaled" in self.bugs else 1.0)
+                    if "paged-sink-softcapped" in self.bugs and softcap is not None:
+                        value = softcap * np.tanh(value / softcap)
+                    padding = np.zeros(a.q_len, bool) if a.q_lengths is None else np.arange(a.q_len) >= a.q_lengths[b]
+                    sink = np.where(padding, -np.inf, value)  # padding rows stay outside the sequence
+                o, l_ = self._online_softmax(s, ok, vc[b, kvh], work, q.dtype, sink)
                 out[b, h] = o.astype(q.dtype)
                 lse[b, h] = l_.astype(lse_dtype)
         if "dtype-upcast" in self.bugs and q.dtype.itemsize == 2:
@@ -292,8 +431,22 @@ class ToyBackend:
             lse = (lse / np.log(2)).astype(lse_dtype)
         return (out, lse) if return_lse or "lse-always" in self.bugs else out
 
+    def _layout_bugs(self, x: Any) -> Any:
+        """The planted layout bugs: memory read as if it were C-contiguous, or with unit innermost stride."""
+        x = np.asarray(x)
+        if "strides-ignored" in self.bugs:
+            return x.ravel(order="K").reshape(x.shape)
+        if "unit-stride-assumed" in self.bugs and x.ndim:
+            strides = (*x.strides[:-1], x.itemsize)
+            return np.lib.stride_tricks.as_strided(x, x.shape, strides, writeable=False).copy()
+        return x
+
     def _scores(self, q: np.ndarray, k: np.ndarray, scale: float, softcap: Any, bias: Any) -> np.ndarray:
         work = q.dtype
+        if "scale-after-softcap" in self.bugs and softcap is not None:
+            c = work.type(softcap)
+            s = c * np.tanh((q @ k.T) / c) * work.type(scale)
+            return (s if bias is None else s + bias).astype(work)
         s = (q @ k.T) * work.type(scale)
         if bias is not None and "softcap-after-bias" in self.bugs:
             s = s + bias
@@ -305,22 +458,31 @@ class ToyBackend:
             s = s + bias
         return s.astype(work)
 
-    def _online_softmax(self, s: np.ndarray, ok: np.ndarray, v: np.ndarray, work: np.dtype):
-        """Flash-style: one pass over key blocks, rescaling the running sums."""
+    def _online_softmax(self, s: np.ndarray, ok: np.ndarray, v: np.ndarray, work: np.dtype, io: np.dtype,
+                        sink: np.ndarray | None = None):  # fmt: skip
+        """Flash-style: one pass over key blocks, rescaling the running sums (``io``: the input dtype).
+        A sink logit per row starts the running max and sum: a key with no value."""
+        denominator = io if "fp16-denominator" in self.bugs and io.itemsize == 2 else work
         rows = s.shape[0]
         block = SHORT_KEY_BLOCK if s.shape[1] <= 32 else LONG_KEY_BLOCK
         starts = list(range(0, s.shape[1], block))
         if "tail-block-dropped" in self.bugs and s.shape[1] % block:
             starts = starts[:-1]
         m = np.full(rows, -np.inf, dtype=work)
-        total = np.zeros(rows, dtype=work)
+        total = np.zeros(rows, dtype=denominator)
+        if sink is not None:
+            m = sink.astype(work)
+            total = np.where(sink == -np.inf, 0, 1).astype(denominator)  # exp(sink - sink), or no sink
         acc = np.zeros((rows, v.shape[1]), dtype=work)
         seen = np.zeros(rows, dtype=bool)
         with np.errstate(all="ignore"):
             for start in starts:
                 blk = slice(start, start + block)
                 okb = ok[:, blk]
-                sb = np.where(okb, s[:, blk], work.type(-np.inf))
+                if "mask-added-not-selected" in self.bugs:
+                    sb = s[:, blk] + np.where(okb, work.type(0), work.type(-np.inf))
+                else:
+                    sb = np.where(okb, s[:, blk], work.type(-np.inf))
                 m_new = np.maximum(m, sb.max(axis=1))
                 seen |= okb.any(axis=1)
                 if "neg-inf-scores-nan" in self.bugs:
@@ -333,7 +495,11 @@ class ToyBackend:
                 corr = np.exp(m - m_safe).astype(work)
                 if "no-max-shift" in self.bugs:
                     corr = np.ones_like(corr)
-                total = (total * corr + p.sum(axis=1)).astype(work)
+                if denominator == work:
+                    total = (total * corr + p.sum(axis=1)).astype(work)
+                else:  # a running 16-bit sum, one key at a time
+                    terms = np.concatenate([(total * corr)[:, None], p], axis=1).astype(denominator)
+                    total = np.cumsum(terms, axis=1, dtype=denominator)[:, -1]
                 if "nan-leak" in self.bugs:
                     contrib = p @ v[blk]
                 else:
@@ -353,11 +519,162 @@ class ToyBackend:
             else:
                 out = np.where(empty[:, None], work.type(0), acc / np.where(empty, 1, total)[:, None])
             lse = np.where(empty, -np.inf, m_safe + np.log(np.where(empty, 1, total)))
+            if "lse-without-sink" in self.bugs and sink is not None:
+                lse = m_safe + np.log(total - np.exp(sink - m_safe))
             if "empty-lse-zero" in self.bugs:
                 lse = np.where(empty, 0.0, lse)
             if "lse-missing-max" in self.bugs:
                 lse = lse - m_safe
         return out, lse
+
+    # -- paged KV cache and merged states ---------------------------------
+    def paged_attention(self, q: Any, k_cache: Any, v_cache: Any, *, block_table: Any, cache_seqlens: Any,
+                        causal: Any = False, window: Any = None, scale: Any = None, softcap: Any = None,
+                        sinks: Any = None, align: Any = "bottom_right", return_lse: Any = False) -> Any:  # fmt: skip
+        """Gather each sequence's keys through the table, then dense attention with ``kv_lengths``."""
+        pa = check_paged(q, k_cache, v_cache, block_table=block_table, cache_seqlens=cache_seqlens, causal=causal,
+                         window=window, scale=scale, softcap=softcap, sinks=sinks, align=align,
+                         return_lse=return_lse)  # fmt: skip
+        max_blocks = pa.block_table.shape[1]
+        t = np.arange(max_blocks * pa.block_size)
+        columns, slots = t // pa.block_size, t % pa.block_size
+        if "paged-table-modulo" in self.bugs:
+            columns, slots = t % max_blocks, t // max_blocks
+        blocks = np.maximum(pa.block_table[:, columns], 0)  # unused entries (-1) lie past every length
+        k = np.moveaxis(np.asarray(k_cache)[blocks, slots], 2, 1)  # (B, Hkv, slots, D)
+        v = np.moveaxis(np.asarray(v_cache)[blocks, slots], 2, 1)
+        lengths = None if "paged-seqlens-ignored" in self.bugs else pa.cache_seqlens
+        return self._multihead(q, k, v, lambda: pa.pattern, scale=scale, softcap=softcap, sinks=sinks,
+                               kv_lengths=lengths, align=align, return_lse=return_lse)  # fmt: skip
+
+    def merge_attention_states(self, outs: Any, lses: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The max-shifted merge, parts with lse -inf selected away."""
+        check_merge(outs, lses)
+        outs, lses = np.asarray(outs), np.asarray(lses)
+        work = np.float64 if outs.dtype == np.float64 else np.float32
+        o, lse_n = outs.astype(work), lses.astype(work)
+        with np.errstate(all="ignore"):
+            m = lse_n.max(axis=0)
+            m = np.where(m == -np.inf, 0, m)
+            if "merge-no-max-shift" in self.bugs:
+                m = np.zeros_like(m)
+            w = np.exp(lse_n - m)
+            if "merge-neg-inf-leak" in self.bugs:
+                weighted = (w[..., None] * o).sum(axis=0)
+            else:
+                weighted = np.where((lse_n > -np.inf)[..., None], w[..., None] * o, 0).sum(axis=0)
+            total = w.sum(axis=0)
+            empty = total == 0
+            if "merge-empty-nan" in self.bugs:
+                out = weighted / total[..., None]
+            else:
+                out = np.where(empty[..., None], 0, weighted / np.where(empty, 1, total)[..., None])
+            lse = np.where(empty, -np.inf, m + np.log(np.where(empty, 1, total)))
+        return out.astype(outs.dtype), lse.astype(lses.dtype)
+
+    # -- gradients -------------------------------------------------------
+    def global_attention_vjp(self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, causal: Any = False,
+                             **options: Any) -> Any:  # fmt: skip
+        return self._vjp(q, k, v, dout, dlse, lambda: full_pattern(causal), **options)
+
+    def local_attention_vjp(self, q: Any, k: Any, v: Any, dout: Any, *, window: Any, dlse: Any = None,
+                            **options: Any) -> Any:  # fmt: skip
+        def pattern() -> Pattern:
+            left, right = check_window(window)
+            if "vjp-window-off-by-one" in self.bugs and left is not None:
+                left += 1
+            return Pattern.window(left, right)
+
+        return self._vjp(q, k, v, dout, dlse, pattern, **options)
+
+    def chunked_attention_vjp(self, q: Any, k: Any, v: Any, dout: Any, *, chunk_size: Any, causal: Any = False,
+                              dlse: Any = None, **options: Any) -> Any:  # fmt: skip
+        return self._vjp(q, k, v, dout, dlse, lambda: chunk_pattern(chunk_size, causal), **options)
+
+    def _vjp(self, q: Any, k: Any, v: Any, dout: Any, dlse: Any, make_pattern: Callable[[], Pattern], *,
+             scale: Any = None, softcap: Any = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None,
+             q_lengths: Any = None, align: Any = "bottom_right") -> Any:  # fmt: skip
+        """The backward pass of FlashAttention-2, one (batch, head) at a time: P recomputed, then
+        ``dS = P * (dP - rowsum(dout * out) + dlse)``, every product selected on the allowed keys."""
+        a = check_attention(q, k, v, scale=scale, softcap=softcap, bias=bias, mask=mask, kv_lengths=kv_lengths,
+                            q_lengths=q_lengths, align=align)  # fmt: skip
+        check_upstream_gradient("dout", dout, (a.batch, a.q_heads, a.q_len, a.value_dim))
+        if dlse is not None:
+            check_upstream_gradient("dlse", dlse, (a.batch, a.q_heads, a.q_len))
+        pattern = make_pattern()
+        io = np.asarray(q).dtype
+        work = _work_dtype(io, frozenset())
+        qc, kc, vc, doc = (np.asarray(x).astype(work) for x in (q, k, v, dout))
+        gl = None if dlse is None or "vjp-dlse-ignored" in self.bugs else np.asarray(dlse).astype(work)
+        bias_full = None if bias is None else np.broadcast_to(np.asarray(bias), a.scores_shape).astype(work)
+        mask_full = None if mask is None else np.broadcast_to(np.asarray(mask), a.scores_shape)
+        dq = np.zeros(qc.shape, work)
+        dk, dv = np.zeros(kc.shape, work), np.zeros(vc.shape, work)
+        dbias = None if bias is None else np.zeros(a.scores_shape, work)
+        offsets = np.zeros(a.batch, np.int64) if "vjp-alignment" in self.bugs else a.offsets()
+        i, j = np.arange(a.q_len)[:, None], np.arange(a.kv_len)[None, :]
+        with np.errstate(all="ignore"):
+            for b in range(a.batch):
+                allowed = np.asarray(pattern.allows(i + offsets[b], j))
+                if a.kv_lengths is not None:
+                    allowed = allowed & (j < a.kv_lengths[b])
+                if a.q_lengths is not None:
+                    allowed = allowed & (i < a.q_lengths[b])
+                for h in range(a.q_heads):
+                    kvh = h // a.group
+                    ok = allowed if mask_full is None else allowed & mask_full[b, h]
+                    raw = (qc[b, h] @ kc[b, kvh].T) * work.type(a.scale)
+                    t = None if softcap is None else np.tanh(raw / work.type(softcap))
+                    s = raw if t is None else work.type(softcap) * t
+                    if bias_full is not None:
+                        s = s + bias_full[b, h]
+                    masked = np.where(ok, s, -np.inf)
+                    m = masked.max(axis=1, keepdims=True)
+                    m = np.where(m == -np.inf, 0, m)
+                    e = np.where(ok, np.exp(masked - m), 0)
+                    total = e.sum(axis=1, keepdims=True)
+                    empty = total == 0
+                    P = np.where(ok & ~empty, e / np.where(empty, 1, total), 0).astype(work)
+                    out = np.where(ok[:, :, None], P[:, :, None] * vc[b, kvh][None], 0).sum(axis=1)
+                    do = np.where(ok.any(axis=1)[:, None], doc[b, h], 0)  # a row with no key never reads its dout
+                    dP = np.where(ok, np.where(ok[:, :, None], do[:, None, :] * vc[b, kvh][None], 0).sum(axis=2), 0)
+                    rows = (do * out).sum(axis=1, keepdims=True)
+                    g = 0 if gl is None else gl[b, h][:, None]
+                    dS = np.where(ok, P * (dP - rows + g), 0).astype(work)
+                    if dbias is not None:
+                        dbias[b, h] = dS
+                    ds = dS if t is None or "vjp-softcap-chain-dropped" in self.bugs else dS * (1 - t * t)
+                    dq_scale = work.type(1 if "vjp-dq-no-scale" in self.bugs else a.scale)
+                    dq[b, h] = dq_scale * np.where(ok[:, :, None], ds[:, :, None] * kc[b, kvh][None], 0).sum(axis=1)
+                    if "vjp-nan-masked-rows" in self.bugs:
+                        dq[b, h] += 0 * (e / total).sum(axis=1, keepdims=True)  # 0 / 0 in a row with no key
+                    dk_terms = work.type(a.scale) * np.where(ok[:, :, None], ds[:, :, None] * qc[b, h][:, None], 0)
+                    dv_terms = np.where(ok[:, :, None], P[:, :, None] * do[:, None, :], 0)
+                    if "vjp-16bit-accumulation" in self.bugs and io.itemsize == 2:  # a running 16-bit sum over rows
+                        dk_h, dv_h = (np.cumsum(t.astype(io), axis=0, dtype=io)[-1] for t in (dk_terms, dv_terms))
+                    else:  # pairwise sums over the rows (a BLAS-like accuracy), selection kept
+                        dk_h, dv_h = (np.ascontiguousarray(np.moveaxis(t, 0, -1)).sum(-1) for t in (dk_terms, dv_terms))
+                    if "vjp-dout-of-padding-read" in self.bugs:
+                        dv_h = P.T @ doc[b, h]  # a plain product: 0 * NaN from a padding row's dout
+                    if "vjp-gqa-not-summed" in self.bugs:
+                        dk[b, kvh], dv[b, kvh] = dk_h, dv_h
+                    else:
+                        dk[b, kvh] += dk_h
+                        dv[b, kvh] += dv_h
+        grads = [dq.astype(io), dk.astype(io), dv.astype(io)]
+        if "vjp-dk-dv-swapped" in self.bugs:
+            grads[1], grads[2] = grads[2], grads[1]
+        if bias is not None:
+            grads.append(self._reduce_bias(dbias, np.shape(bias)).astype(np.asarray(bias).dtype))
+        return tuple(grads)
+
+    def _reduce_bias(self, dbias: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """``dbias`` summed over the axes the bias was broadcast along, in the bias's own shape."""
+        lead = dbias.ndim - len(shape)
+        axes = tuple(range(lead)) + tuple(lead + n for n, size in enumerate(shape) if size == 1)
+        if "vjp-dbias-not-summed" in self.bugs:
+            return dbias[(0,) * lead].reshape(dbias.shape[lead:])[tuple(slice(0, n) for n in shape)]
+        return dbias.sum(axis=axes, keepdims=True).reshape(shape)
 
     # -- pooling ops -----------------------------------------------------
     def additive_attention(

@@ -94,11 +94,10 @@ def test_unsupported_ops_and_dtypes_skip(project: Path) -> None:
     assert _count(result.stdout, "passed") > 0 and _count(result.stdout, "skipped") > _count(result.stdout, "passed")
 
 
-def test_an_unavailable_backend_skips_everything(project: Path) -> None:
+def test_an_unavailable_backend_is_a_usage_error_not_a_green_run(project: Path) -> None:
     result = _pytest(project, "--attnref-backend", "gpu", *QUICK, "-rs")
-    assert result.returncode == 0
-    assert "backend gpu: unavailable (no GPU here); every test skips" in result.stdout
-    assert _count(result.stdout, "skipped") == QUICK_TESTS
+    assert result.returncode == 4
+    assert "backend 'gpu' cannot run here: no GPU here" in result.stderr
 
 
 def test_an_unknown_backend_is_a_usage_error(project: Path) -> None:

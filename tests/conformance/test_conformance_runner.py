@@ -148,12 +148,21 @@ def test_json_report_has_the_contract_format() -> None:
     data = json.loads(json.dumps(report.as_json(), allow_nan=False))
     assert set(data) == {"attnref", "backends"} and isinstance(data["attnref"], str)
     toy, gpu = data["backends"]["toy"], data["backends"]["gpu"]
-    assert set(toy) == {"available", "reason", "summary", "cases"}
+    assert set(toy) == {"available", "reason", "summary", "unsupported_features", "cases"}
     assert toy["available"] is True and toy["reason"] is None
-    assert toy["summary"] == {"pass": 2, "fail": 0, "error": 0, "unsupported": 2}
-    assert gpu == {"available": False, "reason": "no GPU", "summary": dict.fromkeys(toy["summary"], 0), "cases": []}
+    assert toy["summary"] == {"pass": 2, "fail": 0, "error": 0, "unsupported": 2, "xfailed": 0}
+    assert toy["unsupported_features"] == {"float16": 2}
+    assert gpu == {
+        "available": False,
+        "reason": "no GPU",
+        "summary": dict.fromkeys(toy["summary"], 0),
+        "unsupported_features": {},
+        "cases": [],
+    }
     for entry in toy["cases"]:
-        assert set(entry) == {"op", "case", "dtype", "status", "err", "allowed", "detail"}
+        assert set(entry) == {"op", "case", "dtype", "status", "err", "allowed", "detail", "feature", "xfail",
+                              "description", "parameters"}  # fmt: skip
+        assert entry["description"] and entry["parameters"]["inputs"]["q"] in ([2, 2, 6, 8], [2, 2, 4, 3])
     value = next(e for e in toy["cases"] if e["case"] == "basic" and e["dtype"] == "float32")
     assert isinstance(value["err"], float) and value["err"] <= value["allowed"] and value["detail"] is None
     error = next(e for e in toy["cases"] if e["case"] == "error-scale-zero" and e["dtype"] == "float32")

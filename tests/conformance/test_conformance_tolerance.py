@@ -57,8 +57,11 @@ def test_sensitivity_widens_the_bound() -> None:
     ref = np.array([1.0, 2.0])
     moved = ref + np.array([1e-14, -3e-14])
     assert sensitivity(ref, moved) == pytest.approx(3e-14)
-    assert not judge("out", ref + 1e-13, ref, ref, "float64").ok
-    assert judge("out", ref + 1e-13, ref, ref, "float64", moved=moved).ok
+    widened = atol("float64", 2.0) + tolerance.SENSITIVITY_FACTOR * 3e-14
+    assert judge("out", ref, ref, ref, "float64", moved=moved).allowed == pytest.approx(widened)
+    assert not judge("out", ref + 0.99 * widened, ref, ref, "float64").ok
+    assert judge("out", ref + 0.99 * widened, ref, ref, "float64", moved=moved).ok
+    assert not judge("out", ref + 1.01 * widened, ref, ref, "float64", moved=moved).ok
     assert sensitivity(np.array([np.nan, 1.0]), np.array([5.0, 1.0])) == 0.0
 
 
@@ -93,3 +96,29 @@ def test_naive_overflow_does_not_widen_the_bound() -> None:
     naive = np.array([np.nan, 2.0])  # the naive fp16 run overflowed on the first entry
     verdict = judge("out", np.array([1.5, 2.0]), ref, naive, "float16")
     assert not verdict.ok and verdict.allowed == pytest.approx(atol("float16", 2.0))
+
+
+def test_the_sensitivity_constant_is_one_documented_number() -> None:
+    assert tolerance.SENSITIVITY_FACTOR == 2.0
+    assert tolerance.unit_roundoff("float16") == 2.0**-11
+    assert "SENSITIVITY_FACTOR" in tolerance.__doc__
+
+
+@pytest.mark.parametrize(
+    ("ref", "naive", "got", "ok"),
+    [
+        (np.inf, np.inf, np.inf, True),  # agrees with float64
+        (np.inf, np.inf, np.nan, False),  # float64 and the naive run agree on inf: the backend must too
+        (np.inf, np.inf, -np.inf, False),  # the sign of an infinity matters
+        (np.nan, np.nan, np.inf, False),
+        (5.0, np.inf, np.inf, True),  # overflow where the naive same-precision run overflows
+        (5.0, np.inf, np.nan, True),  # any non-finite value there
+        (5.0, np.inf, 5.0, True),  # or a finite one within the bound
+        (5.0, 5.0, np.inf, False),  # overflow where the naive run did not
+        (np.inf, np.nan, np.nan, True),  # 0 * inf after an underflowed weight, as the naive run
+        (np.inf, np.nan, 3.0, False),  # but never a number where float64 has inf
+    ],
+)
+def test_the_non_finite_rule(ref: float, naive: float, got: float, ok: bool) -> None:
+    verdict = judge("out", np.array([got, 1.0]), np.array([ref, 1.0]), np.array([naive, 1.0]), "float32")
+    assert verdict.ok is ok, verdict.detail

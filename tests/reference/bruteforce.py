@@ -23,6 +23,9 @@ __all__ = [
     "allowed_grid",
     "additive_bruteforce",
     "luong_bruteforce",
+    "packed_bruteforce",
+    "paged_bruteforce",
+    "merge_bruteforce",
     "random_attention_case",
     "random_additive_case",
     "random_luong_case",
@@ -64,21 +67,22 @@ def key_allowed(op: str, options: dict[str, Any], p: int, j: int) -> bool:
     raise ValueError(f"unknown op {op!r}")
 
 
-def _softmax(scores: dict[int, float]) -> tuple[dict[int, float], float]:
-    """Softmax over the allowed keys (dict key -> score); returns (weights, lse).
+def _softmax(scores: dict[int, float], sink: float = NEG_INF) -> tuple[dict[int, float], float]:
+    """Softmax over the allowed keys (dict key -> score) and a sink; returns (weights, lse).
 
-    No key, or every score ``-inf``: no weights, lse ``-inf``. A NaN score (or a
+    The sink is one more logit with no value (``-inf``: no sink):
+    ``lse = log(exp(sink) + sum exp(s))``, ``P_j = exp(s_j - lse)``. No key, or
+    every score ``-inf``: no weight, lse = the sink. A NaN score or sink (or a
     ``+inf`` one, whose ``exp(s - max)`` is ``inf - inf``) makes the row NaN.
     """
-    if not scores:
-        return {}, NEG_INF
-    m = max(scores.values()) if not any(math.isnan(s) for s in scores.values()) else NAN
+    values = [*scores.values(), sink]
+    m = NAN if any(math.isnan(x) for x in values) else max(values)
     if math.isnan(m) or m == math.inf:
         return dict.fromkeys(scores, NAN), NAN
     if m == NEG_INF:
         return dict.fromkeys(scores, 0.0), NEG_INF
     e = {j: math.exp(s - m) for j, s in scores.items()}
-    total = math.fsum(e.values())
+    total = math.fsum([*e.values(), math.exp(sink - m)])
     return {j: x / total for j, x in e.items()}, m + math.log(total)
 
 
@@ -129,12 +133,14 @@ def attention_bruteforce(
     kv_lengths: Any = None,
     q_lengths: Any = None,
     align: str = "bottom_right",
+    sinks: Any = None,
     **options: Any,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(out, lse, weights)`` of a multi-head op, one query at a time.
 
     ``options`` are the op's pattern arguments (``causal``, ``window``,
-    ``chunk_size``). Inputs of any floating dtype are read as float64.
+    ``chunk_size``). Inputs of any floating dtype are read as float64. A sink
+    applies to the rows of the sequence (``i < Lq_b``), not to padding rows.
     """
     q, k, v = _f64(q), _f64(k), _f64(v)
     B, Hq, Lq, D = q.shape
@@ -152,6 +158,8 @@ def attention_bruteforce(
         for h in range(Hq):
             g = h // group  # query head h reads kv head h // (Hq // Hkv)
             for i in range(Lq):
+                inside = i < _length(q_lengths, b, Lq)
+                sink = float(_f64(sinks)[h]) if sinks is not None and inside else NEG_INF
                 scores = {}
                 for j in np.flatnonzero(grid[b, h, i]).tolist():
                     s = scale * math.fsum(float(q[b, h, i, d]) * float(k[b, g, j, d]) for d in range(D))
@@ -160,12 +168,87 @@ def attention_bruteforce(
                     if full_bias is not None:
                         s += float(full_bias[b, h, i, j])
                     scores[j] = s
-                P, lse[b, h, i] = _softmax(scores)
+                P, lse[b, h, i] = _softmax(scores, sink)
                 for j, p_ij in P.items():
                     weights[b, h, i, j] = p_ij
                 for c in range(Dv):
                     out[b, h, i, c] = sum(p_ij * float(v[b, g, j, c]) for j, p_ij in P.items())
     return out, lse, weights
+
+
+def packed_bruteforce(
+    op: str, q: Any, k: Any, v: Any, *, cu_seqlens_q: Any, cu_seqlens_k: Any, **kwargs: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(out (Tq, Hq, Dv), lse (Tq, Hq))`` of packed sequences: each one alone, densely, in a loop."""
+    q, k, v = _f64(q), _f64(k), _f64(v)
+    cq, ck = [int(x) for x in cu_seqlens_q], [int(x) for x in cu_seqlens_k]
+    out = np.zeros((q.shape[0], q.shape[1], v.shape[2]))
+    lse = np.full(q.shape[:2], NEG_INF)
+    for b in range(len(cq) - 1):
+        if cq[b + 1] == cq[b]:
+            continue
+        qb = np.stack([q[t] for t in range(cq[b], cq[b + 1])], axis=1)[None]  # (1, Hq, Lq_b, D)
+        keys = range(ck[b], ck[b + 1])
+        kb = np.stack([k[t] for t in keys], axis=1)[None] if keys else np.zeros((1, k.shape[1], 0, k.shape[2]))
+        vb = np.stack([v[t] for t in keys], axis=1)[None] if keys else np.zeros((1, v.shape[1], 0, v.shape[2]))
+        o, lse_b, _ = attention_bruteforce(op, qb, kb, vb, **kwargs)
+        for n, t in enumerate(range(cq[b], cq[b + 1])):
+            out[t], lse[t] = o[0, :, n], lse_b[0, :, n]
+    return out, lse
+
+
+def paged_bruteforce(
+    q: Any,
+    k_cache: Any,
+    v_cache: Any,
+    *,
+    block_table: Any,
+    cache_seqlens: Any,
+    causal: bool = False,
+    window: Any = None,
+    **kwargs: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(out, lse)`` of paged attention: each sequence's keys looked up one by one, then dense attention."""
+    q, k_cache, v_cache = _f64(q), _f64(k_cache), _f64(v_cache)
+    table, seqlens = np.asarray(block_table), [int(x) for x in cache_seqlens]
+    n = k_cache.shape[1]
+    B, Hkv = q.shape[0], k_cache.shape[2]
+    Lk = max(max(seqlens), 1)
+    k = np.zeros((B, Hkv, Lk, k_cache.shape[3]))
+    v = np.zeros((B, Hkv, Lk, v_cache.shape[3]))
+    for b in range(B):
+        for t in range(seqlens[b]):
+            block = int(table[b, t // n])
+            k[b, :, t], v[b, :, t] = k_cache[block, t % n], v_cache[block, t % n]
+    if window is None:
+        op, options = "global_attention", {"causal": causal}
+    else:
+        left, right = window_sides(window)
+        op, options = "local_attention", {"window": (left, 0 if causal else right)}
+    out, lse, _ = attention_bruteforce(op, q, k, v, kv_lengths=seqlens, **options, **kwargs)
+    return out, lse
+
+
+def merge_bruteforce(outs: Any, lses: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(out, lse)`` of merged partial states, one position at a time, in Python floats."""
+    outs, lses = _f64(outs), _f64(lses)
+    out = np.zeros(outs.shape[1:])
+    lse = np.zeros(lses.shape[1:])
+    for index in np.ndindex(*lses.shape[1:]):
+        parts = [float(lses[(n, *index)]) for n in range(lses.shape[0])]
+        if any(math.isnan(x) or x == math.inf for x in parts):
+            out[index], lse[index] = NAN, NAN
+            continue
+        seen = [n for n, x in enumerate(parts) if x != NEG_INF]  # a part that saw no key has weight 0
+        if not seen:
+            out[index], lse[index] = 0.0, NEG_INF
+            continue
+        m = max(parts[n] for n in seen)
+        total = math.fsum(math.exp(parts[n] - m) for n in seen)
+        lse[index] = m + math.log(total)
+        for c in range(outs.shape[-1]):
+            out[(*index, c)] = sum(math.exp(parts[n] - lse[index]) * float(outs[(n, *index, c)]) for n in seen)
+    return out, lse
 
 
 # -- attention pooling ------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -132,3 +133,14 @@ def test_the_vjps_validate_like_their_forward_ops() -> None:
         ref.global_attention_vjp(Q, Q, Q, dout, kv_lengths=[5])
     with pytest.raises(TypeError, match="mask"):
         ref.global_attention_vjp(Q, Q, Q, dout, mask=np.ones((2, 2)))
+
+
+@pytest.mark.parametrize("op", ["global_attention", "local_attention", "chunked_attention"])
+def test_a_vjp_takes_the_keyword_arguments_of_its_op(op: str) -> None:
+    forward = inspect.signature(getattr(ref, op)).parameters
+    vjp = inspect.signature(getattr(ref, f"{op}_vjp")).parameters
+    expected = [name for name in forward if name not in ("return_lse", "return_weights")]
+    assert list(vjp)[:4] == ["q", "k", "v", "dout"] and "dlse" in vjp
+    assert sorted(set(vjp) - {"dout", "dlse"}) == sorted(expected)
+    for name in expected:
+        assert vjp[name].kind == forward[name].kind and vjp[name].default == forward[name].default, name

@@ -72,6 +72,9 @@ HIDDEN = {
     "v-nan-behind-kv_lengths": ("global_attention", {"kv_lengths": [7, 3]}, "v", (1, 1, 3, 0), NAN),
     "v-inf-behind-kv_lengths": ("global_attention", {"kv_lengths": [7, 3]}, "v", (1, 0, 6, 1), -INF),
     "k-nan-behind-mask": ("global_attention", {"mask": _masked_key_column(2)}, "k", (0, 1, 2, 0), NAN),
+    "k-nan-behind-mask-softcap": (
+        "global_attention", {"mask": _masked_key_column(3), "softcap": 0.5}, "k", (0, 0, 3, 1), NAN,
+    ),
     "v-nan-behind-mask": ("global_attention", {"mask": _masked_key_column(2)}, "v", (0, 0, 2, 1), NAN),
     "k-nan-behind-causal": ("global_attention", {"causal": True, "align": "top_left"}, "k", (1, 0, 6, 0), NAN),
     "v-nan-behind-causal": ("global_attention", {"causal": True, "align": "top_left"}, "v", (1, 0, 5, 0), NAN),
@@ -179,7 +182,7 @@ def _assert_nan_exactly(grads: tuple[np.ndarray, ...], expected: tuple[np.ndarra
 OPTIONS = {
     "global_attention": {"causal": True, "kv_lengths": [6, 7], "align": "top_left"},
     "local_attention": {"window": (2, 1), "q_lengths": [5, 4]},
-    "chunked_attention": {"chunk_size": 3, "causal": True},
+    "chunked_attention": {"chunk_size": 3, "causal": True, "softcap": 1.5},
 }
 
 

@@ -21,7 +21,7 @@ from bruteforce import (
 )
 
 from attnref import reference
-from attnref.reference import _multihead
+from attnref.reference import multihead as _multihead
 
 CASES = 60
 

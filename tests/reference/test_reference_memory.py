@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from attnref.reference import _multihead, chunked_attention, local_attention
+from attnref.reference import chunked_attention, local_attention
+from attnref.reference import multihead as _multihead
 
 FLOAT64 = 8
 

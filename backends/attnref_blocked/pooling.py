@@ -1,16 +1,17 @@
-"""The attention pooling ops (additive, Luong) for any NumPy-like namespace.
+"""The attention pooling ops (additive, Luong) for any NumPy-like namespace ``xp``.
 
 These are cheap (one score per query/position pair, no head dimension), so a
 straightforward vectorised form is used: the whole score array at once, in the
 compute dtype (float32 for 16-bit and float32 inputs, float64 for float64),
-rounded once to the input dtype at the end. The semantics are the reference's:
-masking selects (``where``), a NaN or infinite value at a disallowed position
-never leaks, and a position set with nothing allowed gives zeros.
+rounded once to the input dtype at the end, with the blocked code's masked
+softmax and weighted sum (:mod:`attnref_blocked.numerics`). The semantics are
+the reference's: masking selects (``where``), a NaN or infinite value at a
+disallowed position never leaks, and a position set with nothing allowed gives
+zeros.
 """
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 from typing import Any
 
@@ -18,73 +19,20 @@ import numpy as np
 
 from attnref.patterns import Pattern
 from attnref.validation import check_additive, check_luong
+from attnref_blocked.numerics import compute_dtype, masked_softmax, quiet, weighted_sum
 
-__all__ = ["additive_attention", "luong_attention", "compute_dtype"]
-
-NEG_INF = float("-inf")
-
-
-def _quiet(xp: Any) -> Any:
-    """NumPy's floating-point warnings off: non-finite inputs are data, not errors."""
-    if xp is np:
-        return np.errstate(divide="ignore", invalid="ignore", over="ignore")
-    return contextlib.nullcontext()
-
-
-def compute_dtype(dtype: Any) -> np.dtype:
-    """float64 for float64 inputs, float32 for every other floating dtype."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
-
-
-def _to_host(xp: Any, array: Any) -> np.ndarray:
-    return array.get() if xp is not np and hasattr(array, "get") else np.asarray(array)
-
-
-def masked_softmax(xp: Any, s: Any, allowed: Any) -> Any:
-    """Softmax of ``s`` over the allowed entries of its last axis.
-
-    Disallowed entries are exactly 0, even in a row made NaN by an allowed NaN
-    score; a row with nothing allowed (or only ``-inf`` scores) is all 0.
-    """
-    dt = s.dtype.type
-    masked = xp.where(allowed, s, dt(NEG_INF))
-    m = masked.max(axis=-1, keepdims=True)
-    m = xp.where(m == NEG_INF, dt(0), m)
-    e = xp.where(allowed, xp.exp(masked - m), dt(0))
-    total = e.sum(axis=-1, keepdims=True)
-    empty = total == 0
-    return xp.where(empty | ~allowed, dt(0), e / xp.where(empty, dt(1), total))
-
-
-def weighted_sum(xp: Any, weights: Any, allowed: Any, values: Any) -> Any:
-    """``out[..., i, :] = sum over allowed j of weights[..., i, j] * values[..., j, :]``.
-
-    ``weights`` (B, T, S) is 0 at disallowed positions, so a plain product is
-    right for finite values; non-finite values are zeroed for the product and
-    added back only where allowed, so they cannot leak.
-    """
-    finite = xp.isfinite(values)
-    if bool(finite.all()):
-        return xp.matmul(weights, values)
-    dt = values.dtype.type
-    out = xp.matmul(weights, xp.where(finite, values, dt(0)))
-    allowed = xp.broadcast_to(allowed, weights.shape)
-    for b, j in np.argwhere(_to_host(xp, ~finite.all(axis=-1))).tolist():
-        rows = allowed[b, :, j][:, None]
-        bad = ~finite[b, j][None, :]
-        out[b] += xp.where(rows & bad, weights[b, :, j][:, None] * values[b, j][None, :], dt(0))
-    return out
+__all__ = ["additive_attention", "luong_attention"]
 
 
 def additive_attention(xp: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
     """Additive attention pooling (see :func:`attnref.reference.additive_attention`)."""
-    with _quiet(xp):
+    with quiet(xp):
         return _additive_attention(xp, *args, **kwargs)
 
 
 def luong_attention(xp: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
     """Luong global / local-m / local-p attention (see :func:`attnref.reference.luong_attention`)."""
-    with _quiet(xp):
+    with quiet(xp):
         return _luong_attention(xp, *args, **kwargs)
 
 
@@ -115,8 +63,8 @@ def _additive_attention(
     if args.window is not None:
         centers = xp.asarray(args.centers)[:, None]
         allowed &= Pattern.window(*args.window).allows(centers, xp.arange(args.length)[None, :])
-    weights = masked_softmax(xp, e, allowed)
-    context = weighted_sum(xp, weights[:, None, :], allowed[:, None, :], xc)[:, 0, :]
+    weights, _ = masked_softmax(xp, e, allowed)
+    context = weighted_sum(xp, weights[:, None, :], xc, lambda c: allowed[:, None, c])[:, 0, :]
     return context.astype(x.dtype), weights.astype(x.dtype)
 
 
@@ -153,7 +101,7 @@ def _luong_attention(
             gate = xp.matmul(xp.tanh(xp.matmul(ht, w_p.astype(dt))), v_p.astype(dt)[:, None])
             aligned = lengths.astype(dt) * (1 / (1 + xp.exp(-gate)))  # S_b * sigmoid(gate), (B, T, 1)
         allowed = allowed & Pattern.window(args.half_width, args.half_width).allows(aligned, positions)
-    weights = masked_softmax(xp, scores, allowed)
+    weights, _ = masked_softmax(xp, scores, allowed)
     if args.mode == "local-p":
         sigma = args.half_width / 2
         gauss = xp.exp(-((positions.astype(dt) - aligned) ** 2) / dt.type(2 * sigma * sigma))
@@ -163,7 +111,7 @@ def _luong_attention(
         if bool(unknown.any()):
             weights = xp.where(unknown, dt.type(np.nan), weights)
             allowed = allowed | unknown
-    context = weighted_sum(xp, weights, allowed, hs)
+    context = weighted_sum(xp, weights, hs, lambda c: allowed[..., c])
     return context.astype(h_t.dtype), weights.astype(h_t.dtype)
 
 
