@@ -20,7 +20,7 @@ REFERENCE_ONLY = ("precision", "return_weights")
 #: Known gap, written down: the reference's multi-head ops gained these keywords (contract sections 7 and 8,
 #: issue 11 item 2) before the built-in backends did. A backend may still lack exactly these, nothing else; once
 #: no built-in backend lacks one, the test below fails until it is removed from this set.
-PENDING = frozenset({"sinks", "cu_seqlens_q", "cu_seqlens_k"})
+PENDING: frozenset[str] = frozenset()  # sinks, cu_seqlens_q, cu_seqlens_k: every built-in backend takes them now
 
 
 def _parameters(fn: Any, drop: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
