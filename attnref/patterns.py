@@ -5,7 +5,8 @@ the key at position ``j``? The reference evaluates :meth:`Pattern.allows` on
 whole index grids, every blocked implementation (the NumPy/CuPy and torch
 backends, the FlexAttention baseline, the docs' example backend) cuts its work
 with :meth:`Pattern.plan_blocks` (built from :meth:`Pattern.key_range` and
-:meth:`Pattern.block_is_full`), and the docs draw their pictures from
+:meth:`Pattern.block_is_full`; :meth:`Pattern.query_range` is the transpose,
+for passes over key blocks), and the docs draw their pictures from
 :meth:`Pattern.dense`. Nothing else in attnref restates these rules.
 
 Alignment maps a query row ``i`` to ``p = i + offset`` (:func:`align_offset`):
@@ -246,6 +247,30 @@ class Pattern:
             lo = (p_first // c) * c
             hi = p_last + 1 if self.causal else (p_last // c + 1) * c
         return max(lo, 0), min(hi, kv_len)
+
+    def query_range(self, j_first: int, j_last: int, q_len: int, offset: int = 0) -> tuple[int, int]:
+        """Half-open range ``[a, b)`` of query rows in ``[0, q_len)`` (row ``i`` at
+        ``p = i + offset``) whose position may see some key in ``j_first..j_last``;
+        ``a >= b`` means none. The transpose of :meth:`key_range`, for passes that
+        walk key blocks (a FlashAttention-2 style backward).
+
+        Every row that may see one of those keys lies in the range; rows inside it
+        may still be disallowed for some keys (use :meth:`allows`).
+        """
+        j_first, j_last, q_len, offset = int(j_first), int(j_last), int(q_len), int(offset)
+        lo, hi = 0, q_len  # in rows
+        if self.kind == "causal":
+            lo = j_first - offset  # p >= j
+        elif self.kind == "window":
+            if self.right is not None:
+                lo = j_first - self.right - offset  # p >= j - right
+            if self.left is not None:
+                hi = j_last + self.left + 1 - offset  # p <= j + left
+        elif self.kind == "chunk":
+            c = self.chunk_size
+            lo = (j_first if self.causal else (j_first // c) * c) - offset
+            hi = (j_last // c + 1) * c - offset
+        return max(lo, 0), min(hi, q_len)
 
     def block_is_full(self, p_first: int, p_last: int, j_first: int, j_last: int) -> bool:
         """True if every position in ``p_first..p_last`` may see every key in

@@ -95,9 +95,11 @@ def luong_attention(
     allowed = allowed & Pattern.window(args.half_width, args.half_width).allows(p_t, s)
     weights, _ = masked_softmax(scores, allowed)
     if args.mode == "local-p":
-        sigma = dt.type(args.half_width / 2)
-        offset = (s.astype(dt) - p_t).astype(dt)
-        gauss = np.exp((-(offset * offset) / (dt.type(2) * sigma * sigma)).astype(dt))
+        # A half_width beyond the dtype's range rounds sigma to inf: the Gaussian factor is then 1, as it should.
+        with np.errstate(over="ignore"):
+            sigma = dt.type(args.half_width / 2)
+            offset = (s.astype(dt) - p_t).astype(dt)
+            gauss = np.exp((-(offset * offset) / (dt.type(2) * sigma * sigma)).astype(dt))
         weights = np.where(allowed, weights * gauss, dt.type(0)).astype(dt)
         # A NaN p_t leaves the window undefined; the comparisons above would silently
         # drop every position. The NaN must reach the outputs: all valid positions get NaN.

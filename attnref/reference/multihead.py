@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from attnref.errors import invalid_value
-from attnref.patterns import Pattern
+from attnref.patterns import Pattern, QueryBlock
 from attnref.reference._numerics import apply_softcap, cast, compute_dtype, masked_softmax, matmul, weighted_sum
 from attnref.validation import (
     AttentionArgs,
@@ -471,7 +471,7 @@ def blocks(args: AttentionArgs, pattern: Pattern) -> Iterator[Block]:
     block whose rows see no key has an empty ``keys`` slice.
     """
     offsets, kv_lens = args.offsets(), args.kv_lens()
-    plans: dict[tuple[int, int], tuple[Any, ...]] = {}
+    plans: dict[tuple[int, int], tuple[QueryBlock, ...]] = {}
     for b in range(args.batch):
         key = (int(offsets[b]), int(kv_lens[b]))
         if key not in plans:
@@ -480,25 +480,23 @@ def blocks(args: AttentionArgs, pattern: Pattern) -> Iterator[Block]:
             yield Block(b, slice(qb.start, qb.stop), slice(qb.key_start, qb.key_stop), key[0])
 
 
-def _plan(args: AttentionArgs, pattern: Pattern, offset: int, kv_len: int) -> tuple[Any, ...]:
+def _plan(args: AttentionArgs, pattern: Pattern, offset: int, kv_len: int) -> tuple[QueryBlock, ...]:
     """The plan of one batch: of block heights ``2^n`` whose widest block fits :data:`SCORE_BLOCK_ELEMENTS`,
     the one that costs least, each block counting its score elements plus :data:`BLOCK_OVERHEAD_ELEMENTS`
     (a tall block scores keys that a band's rows cannot see; a short one pays the overhead more often)."""
 
-    def plan(rows: int) -> tuple[Any, ...]:
+    def plan(rows: int) -> tuple[QueryBlock, ...]:
         return pattern.plan_blocks(args.q_len, kv_len, offset=offset, block_rows=rows)
 
-    def cost(plan: tuple[Any, ...]) -> int:
-        return sum(args.q_heads * (b.stop - b.start) * (b.key_stop - b.key_start) for b in plan) + len(plan) * (
-            BLOCK_OVERHEAD_ELEMENTS
-        )
+    def elements(block: QueryBlock) -> int:
+        return args.q_heads * (block.stop - block.start) * (block.key_stop - block.key_start)
 
-    def fits(plan: tuple[Any, ...]) -> bool:
-        return all(args.q_heads * (b.stop - b.start) * (b.key_stop - b.key_start) <= SCORE_BLOCK_ELEMENTS for b in plan)
+    def cost(plan: tuple[QueryBlock, ...]) -> int:
+        return sum(elements(block) + BLOCK_OVERHEAD_ELEMENTS for block in plan)
 
     rows = 1 << max(0, args.q_len - 1).bit_length()  # the first power of two >= q_len
     best = plan(rows)
-    while rows > 1 and not fits(best):
+    while rows > 1 and max(map(elements, best), default=0) > SCORE_BLOCK_ELEMENTS:
         rows //= 2
         best = plan(rows)
     while rows > 1:  # shorter blocks, while that is cheaper
@@ -524,7 +522,8 @@ def block_scores(
     s0 = s0.reshape(args.q_heads, qg.shape[2], kg.shape[2])
     s = s0 if args.softcap is None else apply_softcap(s0, args.softcap, dt)
     if bias is not None:
-        s = (s + cast(np.broadcast_to(bias, args.scores_shape)[blk.b, :, blk.rows, blk.keys], dt)).astype(dt)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is NaN data, not an error
+            s = (s + cast(np.broadcast_to(bias, args.scores_shape)[blk.b, :, blk.rows, blk.keys], dt)).astype(dt)
     return s0, s
 
 

@@ -244,3 +244,25 @@ def test_plan_blocks_rejects_bad_arguments(kwargs: dict[str, Any], error: type, 
         Pattern.full().plan_blocks(4, 4, **kwargs)
     with pytest.raises(ValueError, match=r"^q_len:"):
         Pattern.full().plan_blocks(-1, 4)
+
+
+@pytest.mark.parametrize(("op", "options", "pattern"), PATTERNS, ids=IDS)
+def test_query_range_holds_every_row_that_sees_the_keys(op: str, options: dict[str, Any], pattern: Pattern) -> None:
+    Q_LEN = 9
+    for offset in (-4, 0, 3):
+        for j_first in range(KV_LEN):
+            for j_last in range(j_first, KV_LEN):
+                a, b = pattern.query_range(j_first, j_last, Q_LEN, offset)
+                assert 0 <= a and b <= Q_LEN
+                keys = range(j_first, j_last + 1)
+                rows = [i for i in range(Q_LEN) if any(key_allowed(op, options, i + offset, j) for j in keys)]
+                assert all(a <= i < b for i in rows), (offset, j_first, j_last, a, b, rows)
+                if j_first == j_last and rows:  # for one key the range is exact: those rows are consecutive
+                    assert (a, b) == (min(rows), max(rows) + 1)
+
+
+@pytest.mark.parametrize("huge", HUGE)
+def test_query_range_with_huge_sides(huge: int) -> None:
+    assert Pattern.window(huge, 0).query_range(3, 3, 10) == (3, 10)
+    assert Pattern.window(0, huge).query_range(3, 5, 10) == (0, 6)
+    assert Pattern.chunk(huge).query_range(3, 5, 10, offset=-2) == (2, 10)

@@ -60,3 +60,21 @@ def test_the_reference_imports_no_optional_dependency() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(result.stdout) == []
+
+
+def test_non_finite_data_is_computed_without_warnings() -> None:
+    """NaN and inf are data (contract section 1): no RuntimeWarning on the way (an inf score plus a -inf bias)."""
+    import warnings
+
+    import numpy as np
+
+    from attnref.reference import merge_attention_states, paged_attention
+
+    q = np.full((1, 1, 2, 1), np.inf)
+    k = v = np.ones((1, 1, 2, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = global_attention(q, k, v, bias=np.full((1, 1, 2, 2), -np.inf), sinks=np.array([np.nan]))
+        merge_attention_states(np.full((2, 1, 1), np.nan), np.array([[np.inf], [-np.inf]]))
+        paged_attention(q, np.ones((1, 2, 1, 1)), np.full((1, 2, 1, 1), np.inf), block_table=[[0]], cache_seqlens=[2])
+    assert np.isnan(out).all()

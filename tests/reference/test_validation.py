@@ -224,3 +224,29 @@ def test_host_integers_rejects_what_is_not_an_integer_array() -> None:
     with pytest.raises(InvalidArgumentError, match=r"^n:"):
         host_integers("n", np.array([2**64 - 1], dtype=np.uint64))
     np.testing.assert_array_equal(host_integers("n", (np.int8(3), 4)), [3, 4])
+
+
+def test_reference_ops_take_torch_tensors_that_require_grad() -> None:
+    """Issue 9 item 7 (reference side): the values are copied, never an error without the argument's name."""
+    torch = pytest.importorskip("torch")
+    from attnref.reference import global_attention, merge_attention_states, paged_attention
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s) for s in ((1, 2, 3, 4), (1, 1, 5, 4), (1, 1, 5, 2))]
+    tensors = [torch.tensor(a, requires_grad=True) for a in arrays]
+    lengths = torch.tensor([4])
+    np.testing.assert_array_equal(
+        global_attention(*tensors, kv_lengths=lengths, sinks=torch.zeros(2, requires_grad=True)),
+        global_attention(*arrays, kv_lengths=[4], sinks=np.zeros(2)),
+    )
+    bf16 = [t.detach().to(torch.bfloat16) for t in tensors]
+    assert global_attention(*bf16).dtype == np.float64
+    out, lse = merge_attention_states(torch.ones(2, 3, 1, requires_grad=True), torch.zeros(2, 3))
+    np.testing.assert_allclose(lse, np.log(2.0))
+    np.testing.assert_array_equal(out, 1.0)
+    cache = torch.zeros(2, 2, 1, 4, dtype=torch.float64, requires_grad=True)
+    paged_attention(tensors[0], cache, cache, block_table=torch.tensor([[1, 0]]), cache_seqlens=torch.tensor([3]))
+    with pytest.raises(InvalidArgumentError, match=r"^kv_lengths:"):
+        global_attention(*arrays, kv_lengths=torch.tensor([4], device="meta"))
+    with pytest.raises(InvalidArgumentError, match=r"^q:"):
+        global_attention(torch.zeros(1, 2, 3, 4, device="meta"), *arrays[1:])
