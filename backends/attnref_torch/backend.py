@@ -22,7 +22,7 @@ from importlib import metadata
 from typing import Any
 
 import attnref
-from attnref.backend import OPS
+from attnref.backend import FORWARD_OPS, GRADIENT_OPS
 from attnref.dtypes import DTYPE_NAMES
 
 __all__ = ["DEVICE_VARIABLE", "FLEX_VARIABLE", "TorchBackend"]
@@ -64,7 +64,7 @@ class TorchBackend:
     """
 
     name = "torch"
-    ops = frozenset(OPS)
+    ops = frozenset(FORWARD_OPS + GRADIENT_OPS)  # paged_attention, merge_attention_states (STATE_OPS): not yet
     dtypes = frozenset(DTYPE_NAMES)
 
     def __init__(self, device: Any = None, flex: bool | None = None):
