@@ -28,12 +28,17 @@ import time
 from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: perf's sampling rate (CPU-clock samples per second of CPU time).
+SAMPLING_HZ = 999
 
 BLAS = r"openblas|mkl_|gemm|gemv|dnnl|brgemm"
 #: (category, regular expression on the shared library or None, on the symbol or None); the first rule whose
 #: given expressions all match wins. The names are those of NumPy 2.4 (ufunc loops), OpenBLAS 0.3, glibc,
 #: Linux, and torch 2.13's CPU build (MKL, ATen kernels, GNU OpenMP).
 CATEGORIES: list[tuple[str, str | None, str | None]] = [
+    # OpenBLAS's worker threads spin while they wait for work, and the caller spins in exec_blas while it waits
+    # for them: CPU time, but no arithmetic
+    ("waiting: BLAS threads spinning and handing off work", "openblas", r"blas_thread_server|exec_blas|yield"),
     ("matmul: packing operands (BLAS's own copies)", None, rf"(?=.*({BLAS}))(?=.*(copy|mscale|beta))"),
     ("matmul: kernels", None, BLAS),
     ("matmul: kernels", "openblas", None),
@@ -42,18 +47,20 @@ CATEGORIES: list[tuple[str, str | None, str | None]] = [
     ("exp", None, r"simd_exp|Sleef_exp|expf|(^|_|::)exp(_|<|\b)"),
     ("max and sum reductions", None, r"maximum|_max|max_|reduce|pairwise_sum|sum_of_products|inner_sum|sum_kernel"),
     ("waiting: OpenMP spin barriers (torch)", "libgomp", None),
-    ("waiting: sleeping threads, locks", None, r"futex|sched_yield|pthread_cond|lll_lock|finish_task_switch|schedule"),
+    ("waiting: sleeping threads, locks", None, r"futex|sched_yield|pthread_|lll_lock|finish_task_switch|schedule"),
+    ("Python's garbage collector", "python", r"gc_collect|visit_|subtract_refs|move_unreachable|update_refs"),
     ("elementwise: masks", None, r"masked|where"),
     (
         "copies: casts, contiguous copies, memcpy",
         None,
         r"memcpy|memmove|copy|cast|_strided_to|assign|contiguous|clone|index_select|index_copy|gather|take|transfer",
     ),
+    ("interpreter and array dispatch (Python overhead)", "python", None),
     (
         "memory: page faults, malloc, free, zeroing",
         None,
-        r"memset|clear_page|page_fault|fault|malloc|_free|free_|mmap|munmap|madvise|zap_|alloc|folio|lru|rmqueue|"
-        r"pte|charge|unmap|mm_",
+        r"memset|clear_page|page_fault|handle_mm_fault|malloc|_free|free_|mmap|munmap|madvise|zap_|alloc|folio|lru|"
+        r"rmqueue|pte|charge|unmap|mm_",
     ),
     (
         "elementwise: scale, subtract, divide, add, compare",
@@ -61,7 +68,7 @@ CATEGORIES: list[tuple[str, str | None, str | None]] = [
         r"multiply|subtract|divide|_add|add_|less|greater|equal|logical|isfinite|minimum|sqrt|log|tanh|binary|unary|"
         r"callback_fn|vectorized_loop|cpu_kernel",
     ),
-    ("interpreter and array dispatch (Python overhead)", r"python|_multiarray_umath|libtorch_python|libc10", None),
+    ("interpreter and array dispatch (Python overhead)", r"_multiarray_umath|libtorch_python|libc10", None),
     ("interpreter and array dispatch (Python overhead)", None, r"^Py|_Py|c10::|at::_ops|torch::|Dispatcher"),
 ]
 
@@ -88,32 +95,33 @@ def _child(impl: str, pattern: str, length: int, seconds: float) -> None:
     while time.perf_counter() - start < seconds:
         prepared.run()
         calls += 1
-    print(f"calls {calls} seconds {time.perf_counter() - start:.3f}", flush=True)
+    print(f"{calls} {time.perf_counter() - start}", flush=True)
 
 
 # -- the parent: sample the child ---------------------------------------------------------------
 
 
-def _perf_report(data: str) -> list[tuple[float, str, str]]:
+def _perf_report(data: str) -> list[tuple[int, str, str]]:
+    """``(samples, library, symbol)`` of every symbol that was sampled, most samples first."""
     out = subprocess.run(
-        ["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,sym", "--percent-limit", "0.01"],
+        ["perf", "report", "-i", data, "--stdio", "--no-children", "-n", "--sort", "dso,sym"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     rows = []
     for line in out.splitlines():
-        match = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[.\]\s+(.*)$", line)
+        match = re.match(r"\s*[\d.]+%\s+(\d+)\s+(\S+)\s+\[.\]\s+(.*)$", line)
         if match:
-            rows.append((float(match.group(1)), match.group(2), match.group(3).strip()))
-    return rows
+            rows.append((int(match.group(1)), match.group(2), match.group(3).strip()))
+    return sorted(rows, key=lambda r: -r[0])
 
 
 def profile(impl: str, pattern: str, length: int, seconds: float, top: int) -> str:
     """Sample one implementation on one case; the report as Markdown."""
     child = subprocess.Popen(
         [sys.executable, __file__, "--child", "--impl", impl, "--pattern", pattern, "--length", str(length),
-         "--seconds", str(seconds + 30)],
+         "--seconds", str(seconds + 1)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -121,38 +129,39 @@ def profile(impl: str, pattern: str, length: int, seconds: float, top: int) -> s
         line = child.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError(f"the child did not start: {line!r}")
+        load = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as tmp:
             data = os.path.join(tmp, "perf.data")
-            start_load = os.getloadavg()[0]
-            started = time.perf_counter()
             subprocess.run(
-                ["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-p", str(child.pid), "-o", data,
+                ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(SAMPLING_HZ), "-p", str(child.pid), "-o", data,
                  "--", "sleep", str(seconds)],
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            wall = time.perf_counter() - started
+            calls, elapsed = child.stdout.readline().split()
             rows = _perf_report(data)
     finally:
         child.kill()
         child.wait()
-    totals: dict[str, float] = defaultdict(float)
-    for percent, dso, symbol in rows:
-        totals[categorize(dso, symbol)] += percent
-    covered = sum(totals.values())
+    per_call = float(elapsed) / int(calls)
+    samples = sum(r[0] for r in rows)
+    totals: dict[str, int] = defaultdict(int)
+    for n, dso, symbol in rows:
+        totals[categorize(dso, symbol)] += n
     lines = [
         f"### {impl}, {pattern}, L={length}",
         "",
-        f"perf, {wall:.0f} s of sampling; load average {start_load:.1f} at the start "
-        f"({os.cpu_count()} CPUs). Fractions of the process's CPU time:",
+        f"{int(calls)} calls, {per_call * 1e3:.1f} ms each while sampled; the process used "
+        f"{samples / SAMPLING_HZ / seconds:.2f} of the {os.cpu_count()} CPUs; load average {load:.1f} "
+        "when sampling began. Fractions of the process's CPU time:",
         "",
         "| where | fraction |",
         "|---|---|",
     ]
-    for name, percent in sorted(totals.items(), key=lambda kv: -kv[1]):
-        lines.append(f"| {name} | {percent / covered:.1%} |")
+    for name, n in sorted(totals.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {name} | {n / samples:.1%} |")
     lines += ["", "Top symbols:", "", "| % | library | symbol | category |", "|---|---|---|---|"]
-    for percent, dso, symbol in rows[:top]:
-        lines.append(f"| {percent:.1f} | {dso} | `{symbol[:70]}` | {categorize(dso, symbol)} |")
+    for n, dso, symbol in rows[:top]:
+        lines.append(f"| {n / samples:.1%} | {dso} | `{symbol[:70]}` | {categorize(dso, symbol)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from attnref.dtypes import DTYPE_NAMES
 
-__all__ = ["FORWARD_OPS", "GRADIENT_OPS", "OPS", "Backend", "backend_problems"]
+__all__ = ["FORWARD_OPS", "GRADIENT_OPS", "STATE_OPS", "OPS", "Backend", "backend_problems"]
 
 #: The forward ops, by their reference names.
 FORWARD_OPS: tuple[str, ...] = (
@@ -30,8 +30,10 @@ GRADIENT_OPS: tuple[str, ...] = (
     "local_attention_vjp",
     "chunked_attention_vjp",
 )
+#: The ops of paged KV caches and merged partial states (contract sections 9 and 10).
+STATE_OPS: tuple[str, ...] = ("paged_attention", "merge_attention_states")
 #: Every op a backend may implement, by its reference name.
-OPS: tuple[str, ...] = FORWARD_OPS + GRADIENT_OPS
+OPS: tuple[str, ...] = FORWARD_OPS + GRADIENT_OPS + STATE_OPS
 
 
 @runtime_checkable

@@ -386,10 +386,13 @@ def run_case(backend: Any, case: Case, dtype: str, cache: ReferenceCache | None 
     cache : ReferenceCache, optional
         Shares the reference runs between backends.
     """
+    # Not run: no parameters (they would build a long case's arrays for nothing).
     if case.op not in backend.ops:
-        return _result(case, dtype, "unsupported", feature=case.op, detail=f"backend does not implement {case.op}")
+        detail = f"backend does not implement {case.op}"
+        return Result(case.op, case.id, dtype, "unsupported", feature=case.op, detail=detail, description=case.note)
     if dtype not in backend.dtypes:
-        return _result(case, dtype, "unsupported", feature=dtype, detail=f"backend does not support {dtype}")
+        detail = f"backend does not support {dtype}"
+        return Result(case.op, case.id, dtype, "unsupported", feature=dtype, detail=detail, description=case.note)
     cache = cache if cache is not None else ReferenceCache()
     inputs = rounded_inputs(case, dtype)
     try:

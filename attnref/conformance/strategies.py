@@ -196,6 +196,10 @@ def random_case(op: str, seed: int, index: int) -> Case:
     A gradient op's case is its forward op's random case with the same id, plus
     seeded ``dout`` (and, half the time, ``dlse``).
     """
+    if op in ("paged_attention", "merge_attention_states"):
+        from attnref.conformance.states import random_state_case
+
+        return random_state_case(op, seed, index)
     if op in GRADIENT_OF:
         forward = random_case(GRADIENT_OF[op], seed, index)
         return with_upstream(forward, dlse=case_rng(op, seed, index).boolean())

@@ -32,43 +32,36 @@ exactly 0 (it is no sink); a NaN sink makes its head's gradients NaN.
 Packed sequences (``cu_seqlens_q``/``cu_seqlens_k``) are the dense VJP of
 each sequence alone, written into gradients shaped like the packed inputs.
 
-The computation follows the forward reference block by block: each block of
-query rows of a sequence scores only the keys its pattern can allow
-(:meth:`~attnref.patterns.Pattern.plan_blocks`), so a windowed or chunked VJP
-costs O(L x window). Under ``precision=`` every intermediate is rounded to that
-dtype, products of 16-bit dtypes accumulate in float32, and the sums over
-query blocks and sequences (``dk``, ``dv``, ``dbias``, ``dsinks``) accumulate
-in float32 for 16-bit dtypes and are rounded once at the end.
+The computation follows the forward reference (:mod:`attnref.reference.multihead`)
+block by block, with its steps: each block of query rows scores only the keys
+its pattern can allow, so a windowed or chunked VJP costs O(L x window).
+Under ``precision=`` every intermediate is rounded to that dtype, products of
+16-bit dtypes accumulate in float32, and the sums over query blocks and
+sequences (``dk``, ``dv``, ``dbias``, ``dsinks``) accumulate in float32 for
+16-bit dtypes and are rounded once at the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import dataclasses
 from typing import Any
 
 import numpy as np
 
-from attnref.patterns import Pattern, QueryBlock
-from attnref.reference._numerics import apply_softcap, cast, compute_dtype, masked_softmax, matmul, weighted_sum
+from attnref.patterns import Pattern
+from attnref.reference._numerics import cast, compute_dtype, masked_softmax, matmul, weighted_sum
+from attnref.reference.multihead import Block, block_allowed, block_scores, block_sinks, blocks
 from attnref.validation import (
     AttentionArgs,
     check_attention,
     check_upstream_gradient,
     chunk_pattern,
     full_pattern,
+    host_array,
     window_pattern,
 )
 
 __all__ = ["global_attention_vjp", "local_attention_vjp", "chunked_attention_vjp"]
-
-#: About the most elements of one block's score array (query heads x rows x
-#: keys): bounds the VJP's memory (32 MiB per float64 array).
-BLOCK_ELEMENTS = 1 << 22
-
-#: Query rows per block that the planner does not go below for a pattern whose
-#: rows see few keys: fewer, smaller blocks would only add Python overhead.
-MIN_BLOCK_ROWS = 128
 
 
 def global_attention_vjp(
@@ -192,36 +185,32 @@ def chunked_attention_vjp(
 def _attention_vjp(
     q: Any, k: Any, v: Any, dout: Any, pattern: Pattern, dlse: Any, precision: Any, options: dict[str, Any]
 ) -> tuple[np.ndarray, ...]:
-    """Validate, then run the backward sequence by sequence, block by block."""
-    q, k, v, dout = np.asarray(q), np.asarray(k), np.asarray(v), np.asarray(dout)
-    bias = None if options["bias"] is None else np.asarray(options["bias"])
-    mask = None if options["mask"] is None else np.asarray(options["mask"])
+    """Validate, then run the backward: dense inputs at once, packed ones sequence by sequence."""
+    q, k, v, dout = host_array("q", q), host_array("k", k), host_array("v", v), host_array("dout", dout)
+    bias = None if options["bias"] is None else host_array("bias", options["bias"])
+    mask = None if options["mask"] is None else host_array("mask", options["mask"])
     args = check_attention(q, k, v, **{**options, "bias": bias, "mask": mask})
     out_shape = (*q.shape[:-1], args.value_dim)
     check_upstream_gradient("dout", dout, out_shape)
     if dlse is not None:
-        dlse = np.asarray(dlse)
+        dlse = host_array("dlse", dlse)
         check_upstream_gradient("dlse", dlse, out_shape[:-1])
     dt = compute_dtype(precision)
     x = _Inputs(
         q=cast(q, dt), k=cast(k, dt), v=cast(v, dt), dout=cast(dout, dt),
-        dlse=np.zeros(out_shape[:-1], dtype=dt) if dlse is None else cast(dlse, dt),
-        bias=None if bias is None else np.broadcast_to(bias, args.scores_shape),
-        mask=None if mask is None else np.broadcast_to(mask, args.scores_shape),
-        sinks=None if args.sinks is None else cast(args.sinks, dt),
+        dlse=np.zeros(out_shape[:-1], dtype=dt) if dlse is None else cast(dlse, dt), bias=bias, mask=mask,
     )  # fmt: skip
-    grads = _Gradients(args, dt, q.shape, k.shape, v.shape, None if bias is None else bias.shape)
-    for seq in _sequences(args, x, grads):
-        rows = _block_rows(pattern, args.q_heads, seq)
-        for block in pattern.plan_blocks(seq.q_len, seq.kv_len, offset=seq.offset, block_rows=rows):
-            if not block.empty or x.sinks is not None:  # an empty block matters only to dsinks
-                _block_vjp(args, pattern, x, grads, seq, block)
+    grads = _Gradients.zeros(args, dt, q.shape, k.shape, v.shape, None if bias is None else bias.shape)
+    if args.packed:
+        _packed_vjp(args, pattern, x, grads)
+    else:
+        _dense_vjp(args, pattern, x, grads)
     return grads.result()
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Inputs:
-    """The VJP's arrays in the compute dtype (``bias``/``mask`` broadcast views, own dtypes)."""
+    """The VJP's arrays: ``q`` to ``dlse`` in the compute dtype, ``bias``/``mask`` as given."""
 
     q: np.ndarray
     k: np.ndarray
@@ -230,47 +219,54 @@ class _Inputs:
     dlse: np.ndarray
     bias: np.ndarray | None
     mask: np.ndarray | None
-    sinks: np.ndarray | None
 
 
+@dataclasses.dataclass(frozen=True)
 class _Gradients:
-    """The gradients, shaped like the inputs.
+    """The gradients, shaped like the inputs (or views of a packed sequence's part of them).
 
-    ``dq`` is written once per query block, in the compute dtype. ``dk``,
-    ``dv``, ``dbias`` and ``dsinks`` sum terms over query blocks and
-    sequences; they accumulate in float32 for 16-bit dtypes (as real kernels
-    do) and are rounded once in :meth:`result`.
+    ``dq`` is written once per query block, in the compute dtype ``dt``. ``dk``,
+    ``dv``, ``dbias`` and ``dsinks`` sum terms over query blocks and sequences
+    in ``acc``: float32 for 16-bit dtypes (as real kernels accumulate), else
+    ``dt``; :meth:`result` rounds them once. ``dbias`` is kept 4-D, with size-1
+    axes where the bias broadcasts.
     """
 
-    def __init__(
-        self,
+    dt: np.dtype
+    acc: np.dtype
+    dq: np.ndarray
+    dk: np.ndarray
+    dv: np.ndarray
+    dbias: np.ndarray | None
+    dsinks: np.ndarray | None
+    bias_shape: tuple[int, ...] | None
+
+    @classmethod
+    def zeros(
+        cls,
         args: AttentionArgs,
         dt: np.dtype,
         q_shape: tuple[int, ...],
         k_shape: tuple[int, ...],
         v_shape: tuple[int, ...],
         bias_shape: tuple[int, ...] | None,
-    ) -> None:
-        self.dt = dt
-        self.acc = np.dtype(np.float32) if dt.itemsize == 2 else dt
-        self.dq = np.zeros(q_shape, dtype=dt)
-        self.dk = np.zeros(k_shape, dtype=self.acc)
-        self.dv = np.zeros(v_shape, dtype=self.acc)
-        self.bias_shape = bias_shape
-        # dbias is kept 4-D (size-1 axes where bias broadcasts) until the end
-        self.dbias = None if bias_shape is None else np.zeros((1,) * (4 - len(bias_shape)) + bias_shape, self.acc)
-        self.dsinks = None if args.sinks is None else np.zeros(args.q_heads, dtype=self.acc)
+    ) -> _Gradients:
+        acc = np.dtype(np.float32) if dt.itemsize == 2 else dt
+        return cls(
+            dt=dt, acc=acc, dq=np.zeros(q_shape, dt), dk=np.zeros(k_shape, acc), dv=np.zeros(v_shape, acc),
+            dbias=None if bias_shape is None else np.zeros((1,) * (4 - len(bias_shape)) + bias_shape, acc),
+            dsinks=None if args.sinks is None else np.zeros(args.q_heads, acc), bias_shape=bias_shape,
+        )  # fmt: skip
 
-    def add_bias(self, batch: int, dS: np.ndarray, rows: slice, keys: slice) -> None:
-        """Add a block's ``dS`` ``(Hq, rows, keys)`` of sequence ``batch``, summed
-        over the axes along which ``bias`` broadcasts."""
+    def add_bias(self, blk: Block, dS: np.ndarray) -> None:
+        """Add a block's ``dS`` ``(Hq, rows, keys)``, summed over the axes along which ``bias`` broadcasts."""
         acc = dS.astype(self.acc, copy=False)
         axes = tuple(a for a in range(3) if self.dbias.shape[a + 1] == 1 and acc.shape[a] != 1)
         reduced = acc.sum(axis=axes, keepdims=True) if axes else acc
-        b = 0 if self.dbias.shape[0] == 1 else batch
-        row_index = slice(None) if self.dbias.shape[2] == 1 else rows
-        key_index = slice(None) if self.dbias.shape[3] == 1 else keys
-        self.dbias[b, :, row_index, key_index] += reduced
+        b = 0 if self.dbias.shape[0] == 1 else blk.b
+        rows = slice(None) if self.dbias.shape[2] == 1 else blk.rows
+        keys = slice(None) if self.dbias.shape[3] == 1 else blk.keys
+        self.dbias[b, :, rows, keys] += reduced
 
     def result(self) -> tuple[np.ndarray, ...]:
         """``(dq, dk, dv)``, then ``dbias``, then ``dsinks``, in the compute dtype."""
@@ -282,98 +278,57 @@ class _Gradients:
         return tuple(grads)
 
 
-@dataclass(frozen=True)
-class _Sequence:
-    """One sequence: head-major views ``(H, L, n)`` of its inputs and of its gradients.
+def _packed_vjp(args: AttentionArgs, pattern: Pattern, x: _Inputs, grads: _Gradients) -> None:
+    """Each packed sequence is the dense VJP of its own rows (``(T, H, n)`` viewed as ``(1, H, L, n)``),
+    written through views into the packed gradients; ``dsinks`` sums over the sequences."""
 
-    ``bias``/``mask`` are ``(Hq, q_len, kv_len)`` views; ``batch`` indexes
-    ``dbias`` (dense inputs only).
-    """
+    def dense(a: np.ndarray, part: slice) -> np.ndarray:
+        return np.swapaxes(a[part], 0, 1)[None]
 
-    batch: int
-    q_len: int
-    kv_len: int
-    offset: int
-    q: np.ndarray
-    k: np.ndarray
-    v: np.ndarray
-    dout: np.ndarray
-    dlse: np.ndarray
-    bias: np.ndarray | None
-    mask: np.ndarray | None
-    dq: np.ndarray
-    dk: np.ndarray
-    dv: np.ndarray
-
-
-def _sequences(args: AttentionArgs, x: _Inputs, grads: _Gradients) -> Iterator[_Sequence]:
-    """Each sequence alone: batch ``b`` cut to its lengths, or packed rows ``cu_seqlens[b]:cu_seqlens[b + 1]``.
-
-    Rows past ``q_lengths[b]`` and keys past ``kv_lengths[b]`` are not part of
-    the sequence: they are never read, and their gradients stay 0.
-    """
-    q_lens, kv_lens, offsets = args.q_lens(), args.kv_lens(), args.offsets()
+    cu_q, cu_k = args.cu_seqlens_q, args.cu_seqlens_k
     for b in range(args.batch):
-        if args.packed:
-            rq = slice(int(args.cu_seqlens_q[b]), int(args.cu_seqlens_q[b + 1]))
-            rk = slice(int(args.cu_seqlens_k[b]), int(args.cu_seqlens_k[b + 1]))
-        else:
-            rq, rk = slice(0, int(q_lens[b])), slice(0, int(kv_lens[b]))
-        yield _Sequence(
-            batch=b, q_len=int(q_lens[b]), kv_len=int(kv_lens[b]), offset=int(offsets[b]),
-            q=_cut(args, x.q, b, rq), k=_cut(args, x.k, b, rk), v=_cut(args, x.v, b, rk),
-            dout=_cut(args, x.dout, b, rq), dlse=_cut(args, x.dlse, b, rq),
-            bias=None if x.bias is None else x.bias[b, :, rq, rk],
-            mask=None if x.mask is None else x.mask[b, :, rq, rk],
-            dq=_cut(args, grads.dq, b, rq), dk=_cut(args, grads.dk, b, rk), dv=_cut(args, grads.dv, b, rk),
+        rows, keys = slice(int(cu_q[b]), int(cu_q[b + 1])), slice(int(cu_k[b]), int(cu_k[b + 1]))
+        one = dataclasses.replace(
+            args, batch=1, q_len=rows.stop - rows.start, kv_len=keys.stop - keys.start,
+            cu_seqlens_q=None, cu_seqlens_k=None,
         )  # fmt: skip
+        if one.q_len == 0:
+            continue
+        xb = _Inputs(
+            q=dense(x.q, rows), k=dense(x.k, keys), v=dense(x.v, keys), dout=dense(x.dout, rows),
+            dlse=dense(x.dlse[..., None], rows)[..., 0], bias=None, mask=None,
+        )  # fmt: skip
+        gb = dataclasses.replace(grads, dq=dense(grads.dq, rows), dk=dense(grads.dk, keys), dv=dense(grads.dv, keys))
+        _dense_vjp(one, pattern, xb, gb)
 
 
-def _cut(args: AttentionArgs, a: np.ndarray, b: int, positions: slice) -> np.ndarray:
-    """A head-major view ``(H, L, ...)`` of sequence ``b``'s ``positions``: of
-    batch ``b`` of a dense ``(B, H, L, ...)`` array, or of a packed ``(T, H, ...)`` one."""
-    return np.swapaxes(a[positions], 0, 1) if args.packed else a[b, :, positions]
+def _dense_vjp(args: AttentionArgs, pattern: Pattern, x: _Inputs, grads: _Gradients) -> None:
+    """The backward of dense inputs, on the forward's blocks; a block whose rows
+    see no key matters only to ``dsinks`` (each row adds its ``dlse``)."""
+    for blk in blocks(args, pattern):
+        if blk.keys.stop > blk.keys.start or grads.dsinks is not None:
+            _block_vjp(args, pattern, x, grads, blk)
 
 
-def _block_rows(pattern: Pattern, heads: int, seq: _Sequence) -> int:
-    """Query rows per block: as many as one row sees keys (at least
-    :data:`MIN_BLOCK_ROWS`), halved until a block's scores hold about
-    :data:`BLOCK_ELEMENTS` elements or fewer."""
-
-    def widest(rows: int) -> int:
-        # the key range of a block of `rows` at the start, the middle and the end of the sequence
-        starts = {0, max(0, (seq.q_len - rows) // 2), max(0, seq.q_len - rows)}
-        ranges = (pattern.key_range(s + seq.offset, s + rows - 1 + seq.offset, seq.kv_len) for s in starts)
-        return max(hi - lo for lo, hi in ranges)
-
-    rows = max(1, min(seq.q_len, max(MIN_BLOCK_ROWS, widest(1))))
-    while rows > 1 and heads * rows * widest(rows) > BLOCK_ELEMENTS:
-        rows //= 2
-    return rows
-
-
-def _block_vjp(
-    args: AttentionArgs, pattern: Pattern, x: _Inputs, grads: _Gradients, seq: _Sequence, block: QueryBlock
-) -> None:
+def _block_vjp(args: AttentionArgs, pattern: Pattern, x: _Inputs, grads: _Gradients, blk: Block) -> None:
     """Add the gradients of one block: its query rows against the keys they may see.
 
-    The block is laid out per kv head (:func:`_per_kv_head`), so GQA reads
-    each key once and the sums over a group happen inside the products.
+    The forward's steps give ``s0``, ``s``, ``A`` and ``P`` (``(Hq, rows,
+    keys)``); the products then run per kv head (:func:`_per_kv_head`), so GQA
+    reads each key once and the sums over a group happen inside them.
     """
     dt = grads.dt
     zero, scale = dt.type(0), dt.type(args.scale)
-    rows, keys = slice(block.start, block.stop), slice(block.key_start, block.key_stop)
-    q_rows = _per_kv_head(args, seq.q[:, rows])
-    d_out = _per_kv_head(args, seq.dout[:, rows])
-    d_lse = _per_kv_head(args, seq.dlse[:, rows, None])
-    k_keys, v_keys = seq.k[:, keys], seq.v[:, keys]
-    allowed = _per_kv_head(args, _allowed(args, pattern, seq, rows, keys))
-    bias = None if seq.bias is None else _per_kv_head(args, cast(seq.bias[:, rows, keys], dt))
-    s0, s = _scores(args, q_rows, k_keys, bias, dt)
-    if x.sinks is None:
-        P, _ = masked_softmax(s, allowed)
-    else:
-        P, p_sink, sink = _softmax_with_sink(args, s, allowed, x.sinks)
+    s0, s = block_scores(args, x.q, x.k, x.bias, blk, dt)  # steps 1 to 3
+    allowed = block_allowed(args, pattern, x.mask, blk)  # step 4
+    sink = block_sinks(args, blk, dt)
+    P, lse = masked_softmax(s, allowed, sink)  # steps 5, 6
+    shape = P.shape  # (Hq, rows, keys)
+    P, allowed = _per_kv_head(args, P), _per_kv_head(args, allowed)
+    q_rows = _per_kv_head(args, x.q[blk.b, :, blk.rows])
+    d_out = _per_kv_head(args, x.dout[blk.b, :, blk.rows])
+    d_lse = _per_kv_head(args, x.dlse[blk.b, :, blk.rows, None])
+    k_keys, v_keys = x.k[blk.b, :, blk.keys], x.v[blk.b, :, blk.keys]
     out = weighted_sum(P, allowed, v_keys, dt)
     has_key = allowed.any(axis=-1, keepdims=True)
     delta = np.where(has_key, _row_dot(d_out, out, dt), zero)  # an empty row's dout is never read
@@ -381,52 +336,29 @@ def _block_vjp(
         dP = matmul(d_out, np.swapaxes(v_keys, -1, -2), dt)
         dS = np.where(allowed, P * (dP - delta + d_lse), zero).astype(dt, copy=False)
         if grads.dbias is not None:
-            grads.add_bias(seq.batch, _per_query_head(args, dS), rows, keys)
+            grads.add_bias(blk, dS.reshape(shape))
         if grads.dsinks is not None:
-            # exp(sinks[h] - lse_i) (dlse_i - delta_i); a -inf sink is no sink: exactly 0, whatever dlse holds
-            terms = np.where(sink == -np.inf, zero, p_sink * (d_lse - delta)).astype(grads.acc)
-            grads.dsinks += _per_query_head(args, terms).sum(axis=(1, 2))
+            # exp(sinks_h - lse_i) (dlse_i - delta_i); a -inf sink (also a padding row's) adds exactly 0
+            sink, lse = _per_kv_head(args, sink), _per_kv_head(args, lse[..., None])
+            terms = np.where(sink == -np.inf, zero, np.exp(sink - lse) * (d_lse - delta)).astype(grads.acc)
+            grads.dsinks[:] += terms.reshape(args.q_heads, -1).sum(axis=1)
         if args.softcap is not None:
-            slope = dt.type(1) - np.tanh(s0 / dt.type(args.softcap)) ** 2
+            slope = dt.type(1) - np.tanh(_per_kv_head(args, s0) / dt.type(args.softcap)) ** 2
             dS = np.where(allowed, dS * slope, zero).astype(dt, copy=False)
         dq = (scale * weighted_sum(dS, allowed, k_keys, dt)).astype(dt, copy=False)
         allowed_t = np.swapaxes(allowed, -1, -2)
         dk = (scale * weighted_sum(_transposed(dS), allowed_t, q_rows, dt)).astype(dt, copy=False)
     dv = weighted_sum(_transposed(P), allowed_t, d_out, dt)
-    seq.dq[:, rows] = _per_query_head(args, dq)
-    seq.dk[:, keys] += dk
-    seq.dv[:, keys] += dv
-
-
-def _softmax_with_sink(
-    args: AttentionArgs, s: np.ndarray, allowed: np.ndarray, sinks: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The forward weights with the sink as one more, always allowed key.
-
-    Returns ``(P, p_sink, sink)``: the weights of the keys, ``exp(sinks[h] -
-    lse_i)`` and the sink logit of each row, the last two with a trailing axis
-    of 1, all per kv head like ``s``.
-    """
-    heads, rows = s.shape[0], s.shape[1]
-    per_head = np.broadcast_to(sinks.reshape(args.q_heads, 1, 1), (args.q_heads, rows // args.group, 1))
-    sink = _per_kv_head(args, per_head)
-    P, _ = masked_softmax(
-        np.concatenate([s, sink], axis=-1), np.concatenate([allowed, np.ones((heads, rows, 1), dtype=bool)], axis=-1)
-    )
-    return P[..., :-1], P[..., -1:], sink
+    grads.dq[blk.b, :, blk.rows] = dq.reshape(args.q_heads, -1, args.head_dim)
+    grads.dk[blk.b, :, blk.keys] += dk
+    grads.dv[blk.b, :, blk.keys] += dv
 
 
 def _per_kv_head(args: AttentionArgs, x: np.ndarray) -> np.ndarray:
     """``(Hq, R, n)`` as ``(Hkv, group * R, n)``: the rows of the query heads
     ``h`` that read kv head ``h // group``, stacked (a copy if needed)."""
     _, R, n = x.shape
-    return x.reshape(args.kv_heads, args.group * R, n)
-
-
-def _per_query_head(args: AttentionArgs, x: np.ndarray) -> np.ndarray:
-    """The inverse of :func:`_per_kv_head`."""
-    _, gR, n = x.shape
-    return x.reshape(args.q_heads, gR // args.group, n)
+    return np.reshape(x, (args.kv_heads, args.group * R, n))
 
 
 def _transposed(x: np.ndarray) -> np.ndarray:
@@ -438,29 +370,3 @@ def _transposed(x: np.ndarray) -> np.ndarray:
 def _row_dot(a: np.ndarray, b: np.ndarray, dt: np.dtype) -> np.ndarray:
     """``sum_c a[..., c] * b[..., c]`` with a trailing axis of 1, as a product in ``dt``."""
     return matmul(a[..., None, :], b[..., :, None], dt)[..., 0].astype(dt, copy=False)
-
-
-def _scores(
-    args: AttentionArgs, q_rows: np.ndarray, k_keys: np.ndarray, bias: np.ndarray | None, dt: np.dtype
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(s0, s)`` of a block: ``s0 = scale * q . k``, ``s`` after softcap and bias, in ``dt``."""
-    s0 = (matmul(q_rows, np.swapaxes(k_keys, -1, -2), dt) * dt.type(args.scale)).astype(dt, copy=False)
-    s = s0 if args.softcap is None else apply_softcap(s0, args.softcap, dt)
-    if bias is not None:
-        with np.errstate(invalid="ignore", over="ignore"):
-            s = (s + bias).astype(dt, copy=False)
-    return s0, s
-
-
-def _allowed(args: AttentionArgs, pattern: Pattern, seq: _Sequence, rows: slice, keys: slice) -> np.ndarray:
-    """Boolean ``(Hq, len(rows), len(keys))``: may query row ``i`` of the sequence see its key ``j``?
-
-    The pattern at ``p = i + offset`` and the mask; the lengths are already
-    the sequence's own (its rows and keys end there).
-    """
-    i = np.arange(rows.start, rows.stop)[:, None]
-    j = np.arange(keys.start, keys.stop)[None, :]
-    ok = np.broadcast_to(np.asarray(pattern.allows(i + seq.offset, j)), (args.q_heads, i.shape[0], j.shape[1]))
-    if seq.mask is not None:
-        ok = ok & seq.mask[:, rows, keys]
-    return ok

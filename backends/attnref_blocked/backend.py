@@ -13,14 +13,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from attnref.backend import OPS
-from attnref.dtypes import DTYPE_NAMES, name_of_array
-from attnref.errors import invalid_type, invalid_value
 from attnref.patterns import Pattern
-from attnref.validation import AttentionArgs, check_attention, chunk_pattern, full_pattern, window_pattern
-from attnref_blocked import pooling
+from attnref.validation import (
+    AttentionArgs,
+    check_attention,
+    check_merge,
+    check_paged,
+    check_upstream_gradient,
+    chunk_pattern,
+    full_pattern,
+    host_array,
+    window_pattern,
+)
+from attnref_blocked import packed, paged, pooling
 from attnref_blocked.backward import attend_vjp
 from attnref_blocked.forward import attend
 from attnref_blocked.plan import BlockConfig
@@ -31,49 +37,21 @@ __all__ = ["ArrayBackend", "native"]
 def native(xp: Any, argument: str, value: Any) -> Any:
     """``value`` as an array of ``xp`` (None stays None).
 
-    A PyTorch tensor is taken as data: detached if it requires grad (the
-    gradient of a NumPy or CuPy computation is not tracked) and copied from its
-    device when ``xp`` cannot read it there. A tensor without data (the meta
-    device) or a sparse one is an error naming ``argument``.
+    A PyTorch tensor is taken as data (:func:`attnref.validation.host_array`:
+    detached if it requires grad, copied from its device; a meta-device or
+    sparse tensor is an error naming ``argument``).
     """
     if value is None:
         return None
-    if hasattr(value, "detach") and hasattr(value, "device"):  # a torch tensor, without importing torch
-        value = _tensor_data(xp, argument, value)
+    if type(value).__module__.startswith("torch"):
+        value = host_array(argument, value)
     return xp.asarray(value)
 
 
-def _tensor_data(xp: Any, argument: str, tensor: Any) -> Any:
-    if tensor.device.type == "meta":
-        raise invalid_value(argument, "a tensor on the meta device (it holds no values)", "an array with values")
-    if str(tensor.layout) != "torch.strided":
-        raise invalid_type(argument, f"a {tensor.layout} tensor", "a dense (strided) array")
-    tensor = tensor.detach()
-    if xp is not np and tensor.device.type == "cuda":
-        return tensor  # CuPy reads it in place (__cuda_array_interface__)
-    tensor = tensor.cpu()
-    if str(tensor.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: reinterpret the bits
-        import ml_dtypes
-
-        return tensor.view(dtype=_int16(tensor)).numpy().view(ml_dtypes.bfloat16)
-    return tensor.numpy()
-
-
-def _int16(tensor: Any) -> Any:
-    """torch.int16, found through the tensor's module (torch is never imported here)."""
-    import sys
-
-    return sys.modules[type(tensor).__module__.split(".")[0]].int16
-
-
 def _upstream(xp: Any, argument: str, value: Any, shape: tuple[int, ...]) -> Any:
-    """An upstream gradient (``dout``, ``dlse``): a floating array of exactly ``shape``."""
+    """An upstream gradient (``dout``, ``dlse``), checked as the reference checks it."""
     array = native(xp, argument, value)
-    name = name_of_array(array)
-    if name not in DTYPE_NAMES:
-        raise invalid_type(argument, f"dtype {name}", "a floating dtype: " + ", ".join(DTYPE_NAMES))
-    if tuple(array.shape) != shape:
-        raise invalid_value(argument, f"shape {tuple(array.shape)}", f"shape {shape}, the shape of the forward output")
+    check_upstream_gradient(argument, array, shape)
     return array
 
 
@@ -107,110 +85,149 @@ class ArrayBackend:
     def global_attention(
         self, q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,
         softcap: float | None = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None,
-        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False,
+        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False, sinks: Any = None,
+        cu_seqlens_q: Any = None, cu_seqlens_k: Any = None,
     ) -> Any:  # fmt: skip
         """Global attention (see :func:`attnref.reference.global_attention`)."""
         return self._forward(
             q, k, v, full_pattern(causal), scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
+            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse, sinks=sinks,
+            cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     def local_attention(
         self, q: Any, k: Any, v: Any, *, window: Any, scale: float | None = None,
         softcap: float | None = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None,
-        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False,
+        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False, sinks: Any = None,
+        cu_seqlens_q: Any = None, cu_seqlens_k: Any = None,
     ) -> Any:  # fmt: skip
         """Sliding-window attention (see :func:`attnref.reference.local_attention`)."""
         return self._forward(
             q, k, v, window_pattern(window), scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
+            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse, sinks=sinks,
+            cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     def chunked_attention(
         self, q: Any, k: Any, v: Any, *, chunk_size: int, causal: bool = False, scale: float | None = None,
         softcap: float | None = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None,
-        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False,
+        q_lengths: Any = None, align: str = "bottom_right", return_lse: bool = False, sinks: Any = None,
+        cu_seqlens_q: Any = None, cu_seqlens_k: Any = None,
     ) -> Any:  # fmt: skip
         """Chunked attention (see :func:`attnref.reference.chunked_attention`)."""
         return self._forward(
             q, k, v, chunk_pattern(chunk_size, causal), scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
+            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse, sinks=sinks,
+            cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     # -- their gradients -----------------------------------------------------
     def global_attention_vjp(
-        self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, causal: bool = False,
-        scale: float | None = None, softcap: float | None = None, bias: Any = None, mask: Any = None,
-        kv_lengths: Any = None, q_lengths: Any = None, align: str = "bottom_right",
+        self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, causal: Any = False, scale: Any = None,
+        softcap: Any = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None, q_lengths: Any = None,
+        align: Any = "bottom_right", sinks: Any = None, cu_seqlens_q: Any = None, cu_seqlens_k: Any = None,
     ) -> tuple[Any, ...]:  # fmt: skip
         """Gradients of global attention (see :func:`attnref.reference.global_attention_vjp`)."""
         return self._backward(
             q, k, v, dout, full_pattern(causal), dlse=dlse, scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
+            cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     def local_attention_vjp(
-        self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, window: Any,
-        scale: float | None = None, softcap: float | None = None, bias: Any = None, mask: Any = None,
-        kv_lengths: Any = None, q_lengths: Any = None, align: str = "bottom_right",
+        self, q: Any, k: Any, v: Any, dout: Any, *, window: Any, dlse: Any = None, scale: Any = None,
+        softcap: Any = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None, q_lengths: Any = None,
+        align: Any = "bottom_right", sinks: Any = None, cu_seqlens_q: Any = None, cu_seqlens_k: Any = None,
     ) -> tuple[Any, ...]:  # fmt: skip
         """Gradients of sliding-window attention (see :func:`attnref.reference.local_attention_vjp`)."""
         return self._backward(
             q, k, v, dout, window_pattern(window), dlse=dlse, scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, sinks=sinks, cu_seqlens_q=cu_seqlens_q,
+            cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     def chunked_attention_vjp(
-        self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, chunk_size: int, causal: bool = False,
-        scale: float | None = None, softcap: float | None = None, bias: Any = None, mask: Any = None,
-        kv_lengths: Any = None, q_lengths: Any = None, align: str = "bottom_right",
+        self, q: Any, k: Any, v: Any, dout: Any, *, chunk_size: Any, causal: Any = False, dlse: Any = None,
+        scale: Any = None, softcap: Any = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None,
+        q_lengths: Any = None, align: Any = "bottom_right", sinks: Any = None, cu_seqlens_q: Any = None,
+        cu_seqlens_k: Any = None,
     ) -> tuple[Any, ...]:  # fmt: skip
         """Gradients of chunked attention (see :func:`attnref.reference.chunked_attention_vjp`)."""
         return self._backward(
             q, k, v, dout, chunk_pattern(chunk_size, causal), dlse=dlse, scale=scale, softcap=softcap, bias=bias,
-            mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+            mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, sinks=sinks,
+            cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     # -- the shared steps ----------------------------------------------------
-    def _validate(self, q: Any, k: Any, v: Any, bias: Any, mask: Any, lengths: dict, **options: Any) -> tuple:
-        """Native arrays and the parsed arguments (host lengths converted first: a tensor
-        without data is an error naming its argument)."""
+    def _validate(self, q: Any, k: Any, v: Any, bias: Any, mask: Any, **options: Any) -> tuple:
+        """Native arrays and the parsed arguments (as the reference parses them)."""
         xp = self.namespace()
         named = {"q": q, "k": k, "v": v, "bias": bias, "mask": mask}
         q, k, v, bias, mask = (native(xp, name, a) for name, a in named.items())
-        lengths = {name: _host_lengths(name, value) for name, value in lengths.items()}
-        args = check_attention(q, k, v, bias=bias, mask=mask, **lengths, **options)
+        args = check_attention(q, k, v, bias=bias, mask=mask, **options)
         return xp, q, k, v, bias, mask, args
 
     def _forward(
-        self, q: Any, k: Any, v: Any, pattern: Pattern, *, bias: Any, mask: Any, kv_lengths: Any, q_lengths: Any,
-        return_lse: Any, **options: Any,
+        self, q: Any, k: Any, v: Any, pattern: Pattern, *, bias: Any, mask: Any, return_lse: Any, sinks: Any,
+        **options: Any,
     ) -> Any:  # fmt: skip
         xp, q, k, v, bias, mask, args = self._validate(
-            q, k, v, bias, mask, {"kv_lengths": kv_lengths, "q_lengths": q_lengths}, return_lse=return_lse, **options
-        )
-        config = self.block_config(args)
-        return self._run(
-            lambda: attend(xp, q, k, v, pattern, args, bias=bias, mask=mask, return_lse=bool(return_lse),
-                           config=config),
-            config,
+            q, k, v, bias, mask, return_lse=return_lse, sinks=sinks, **options
         )  # fmt: skip
+        config = self.block_config(args)
+
+        def kernel(q: Any, k: Any, v: Any, args: AttentionArgs) -> tuple[Any, Any]:
+            return attend(xp, q, k, v, pattern, args, bias=bias, mask=mask, return_lse=True, config=config)
+
+        out, lse = self._run(lambda: packed.by_sequence(xp, q, k, v, args, kernel), config)
+        return (out, lse) if return_lse else out
 
     def _backward(
         self, q: Any, k: Any, v: Any, dout: Any, pattern: Pattern, *, dlse: Any, bias: Any, mask: Any,
-        kv_lengths: Any, q_lengths: Any, **options: Any,
+        sinks: Any, **options: Any,
     ) -> tuple[Any, ...]:  # fmt: skip
-        xp, q, k, v, bias, mask, args = self._validate(
-            q, k, v, bias, mask, {"kv_lengths": kv_lengths, "q_lengths": q_lengths}, **options
-        )
-        rows = (args.batch, args.q_heads, args.q_len)
+        xp, q, k, v, bias, mask, args = self._validate(q, k, v, bias, mask, sinks=sinks, **options)
+        rows = (*q.shape[:-1],)
         dout = _upstream(xp, "dout", dout, (*rows, args.value_dim))
         dlse = None if dlse is None else _upstream(xp, "dlse", dlse, rows)
+        sinks = native(xp, "sinks", sinks)
         config = self.block_config(args)
-        return self._run(
-            lambda: attend_vjp(xp, q, k, v, dout, pattern, args, dlse=dlse, bias=bias, mask=mask, config=config),
-            config,
-        )
+
+        def kernel(q: Any, k: Any, v: Any, dout: Any, dlse: Any, args: AttentionArgs) -> tuple[Any, ...]:
+            return attend_vjp(
+                xp, q, k, v, dout, pattern, args, dlse=dlse, bias=bias, mask=mask, sinks=sinks, config=config
+            )
+
+        return self._run(lambda: packed.vjp_by_sequence(xp, q, k, v, dout, dlse, sinks, args, kernel), config)
+
+    # -- paged KV cache, merged states -------------------------------------------
+    def paged_attention(
+        self, q: Any, k_cache: Any, v_cache: Any, *, block_table: Any, cache_seqlens: Any, causal: bool = False,
+        window: Any = None, scale: float | None = None, softcap: float | None = None, sinks: Any = None,
+        align: str = "bottom_right", return_lse: bool = False,
+    ) -> Any:  # fmt: skip
+        """Attention over a paged KV cache (see :func:`attnref.reference.paged_attention`)."""
+        xp = self.namespace()
+        named = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "sinks": sinks}
+        q, k_cache, v_cache, sinks = (native(xp, name, a) for name, a in named.items())
+        paged_args = check_paged(
+            q, k_cache, v_cache, block_table=block_table, cache_seqlens=cache_seqlens, causal=causal,
+            window=window, scale=scale, softcap=softcap, sinks=sinks, align=align, return_lse=return_lse,
+        )  # fmt: skip
+        config = self.block_config(paged_args.attention)
+
+        def kernel(q: Any, k: Any, v: Any, args: AttentionArgs) -> tuple[Any, Any]:
+            return attend(xp, q, k, v, paged_args.pattern, args, bias=None, mask=None, return_lse=True, config=config)
+
+        out, lse = self._run(lambda: paged.paged_attention(xp, q, k_cache, v_cache, paged_args, kernel), config)
+        return (out, lse) if return_lse else out
+
+    def merge_attention_states(self, outs: Any, lses: Any) -> tuple[Any, Any]:
+        """Merge partial attention states (see :func:`attnref.reference.merge_attention_states`)."""
+        xp = self.namespace()
+        outs, lses = native(xp, "outs", outs), native(xp, "lses", lses)
+        return paged.merge_states(xp, outs, lses, check_merge(outs, lses))
 
     # -- pooling ops -------------------------------------------------------
     def additive_attention(
@@ -233,12 +250,5 @@ class ArrayBackend:
         h_t, h_s, w_a, v_a, w_p, v_p = (native(xp, name, a) for name, a in named.items())
         return pooling.luong_attention(
             xp, h_t, h_s, score=score, w_a=w_a, v_a=v_a, mode=mode, half_width=half_width,
-            w_p=w_p, v_p=v_p, source_lengths=_host_lengths("source_lengths", source_lengths),
+            w_p=w_p, v_p=v_p, source_lengths=source_lengths,
         )  # fmt: skip
-
-
-def _host_lengths(argument: str, value: Any) -> Any:
-    """Integer lengths as given, except a PyTorch tensor, taken to the host as data first."""
-    if value is not None and hasattr(value, "detach") and hasattr(value, "device"):
-        return _tensor_data(np, argument, value)
-    return value

@@ -14,6 +14,7 @@ key its rows may see). For each task, with ``dO`` its rows of ``dout``::
     dQ    = scale * dS0 K
     dK   += scale * dS0^T Q
     dbias += dS                              (summed over the axes bias broadcasts along)
+    dsinks += sum_i exp(sinks[h] - lse_i) (dlse_i - delta_i)   (with sinks: lse_i counts the sink)
 
 Nothing is ``Lq x Lk``: a task's arrays are ``rows x (its key range)``, so
 memory is ``O(L x window)`` for local and chunked patterns, and K and V are
@@ -42,7 +43,7 @@ import numpy as np
 from attnref.patterns import Pattern
 from attnref.validation import AttentionArgs
 from attnref_blocked.blocks import Inputs, allowed, block_of, scores
-from attnref_blocked.numerics import masked_softmax, weighted_sum
+from attnref_blocked.numerics import NEG_INF, masked_softmax, quiet, weighted_sum
 from attnref_blocked.plan import BlockConfig, Task, plan
 from attnref_blocked.threads import run_tasks
 
@@ -75,6 +76,8 @@ class _Backward(Inputs):
         self.dk = xp.zeros(k.shape, dtype=dt)
         self.dv = xp.zeros(v.shape, dtype=dt)
         self.dbias = None if self.bias is None else xp.zeros(self.bias.shape, dtype=dt)
+        self.sinks = None if args.sinks is None else xp.asarray(args.sinks.astype(dt))  # (Hq,)
+        self.dsinks = None if args.sinks is None else xp.zeros(args.q_heads, dtype=dt)
         self.lock = threading.Lock()
 
 
@@ -83,22 +86,27 @@ def _run_task(ctx: _Backward, task: Task) -> None:
     b, (h0, h1), (r0, r1), (lo, hi) = task.batch, task.heads, task.rows, task.keys
     hk, rows, n = h1 - h0, r1 - r0, hi - lo
     qb = ctx.q[b, h0 * g : h1 * g, r0:r1].astype(dt).reshape(hk, g * rows, args.head_dim)
+    qb *= dt.type(args.scale)  # scale folded into q: s = k . (scale q), dK = dS0^T (scale q)
     dO = ctx.dout[b, h0 * g : h1 * g, r0:r1].astype(dt).reshape(hk, g, rows, -1)
     user = None if ctx.mask is None else block_of(ctx.mask, task, g)
-    s, dcap = scores(ctx, task, qb, (lo, hi), user, None, transposed=False, scaled=False,
+    s, dcap = scores(ctx, task, qb, (lo, hi), user, None, transposed=False, scaled=True,
                      softcap_grad=args.softcap is not None)  # fmt: skip
     ok = allowed(ctx, task, np.arange(lo, hi), user) if ctx.exact else None  # (hk|1, g|1, rows, n)
-    P, _ = masked_softmax(xp, s.reshape(hk, g, rows, n), ok)
+    sink = None if ctx.sinks is None else ctx.sinks[h0 * g : h1 * g].reshape(hk, g, 1, 1)
+    P, lse = masked_softmax(xp, s.reshape(hk, g, rows, n), ok, sink=sink, overwrite=True)
+    if sink is not None:  # the sink's weight exp(sinks[h] - lse_i); exactly 0 for a -inf sink
+        p_sink = xp.where(sink[..., 0] == NEG_INF, dt.type(0), xp.exp(sink[..., 0] - lse))
     v = ctx.v[b, h0:h1, lo:hi][:, None]  # (hk, 1, n, Dv)
-    dP = xp.matmul(dO, v.swapaxes(-1, -2))  # (hk, g, rows, n)
-    PdP = P * dP
-    if ok is not None:
-        PdP = xp.where(ok, PdP, dt.type(0))
-    dP -= PdP.sum(axis=-1, keepdims=True)
-    del PdP
+    dS = xp.matmul(dO, v.swapaxes(-1, -2))  # dP (hk, g, rows, n), turned into dS in place
+    if ok is None:
+        delta = xp.einsum("...j,...j->...", P, dS)[..., None]  # rowsum(P * dP), no temporary
+    else:
+        delta = xp.where(ok, P * dS, dt.type(0)).sum(axis=-1, keepdims=True)
+    dS -= delta
+    if ctx.dsinks is not None:
+        _add_sink_grad(ctx, task, p_sink, delta[..., 0])
     if ctx.dlse is not None:
-        dP += ctx.dlse[b, h0 * g : h1 * g, r0:r1].astype(dt).reshape(hk, g, rows, 1)
-    dS = dP
+        dS += ctx.dlse[b, h0 * g : h1 * g, r0:r1].astype(dt).reshape(hk, g, rows, 1)
     dS *= P
     if ok is not None:
         dS = xp.where(ok, dS, dt.type(0))
@@ -110,16 +118,42 @@ def _run_task(ctx: _Backward, task: Task) -> None:
         _add_bias_grad(ctx, task, dS)
     dS = dS.reshape(hk, g * rows, n)
     if dcap is not None:
-        dS = dS * dcap
+        dS *= dcap
         if ok is not None:
             dS = xp.where(ok, dS, dt.type(0))
-    dS *= dt.type(args.scale)
     dq = _product(xp, dS, ctx.k[b, h0:h1, lo:hi], ok)
+    dq *= dt.type(args.scale)
     dk = _product(xp, dS.swapaxes(-1, -2), qb, None if ok is None else ok.swapaxes(-1, -2))
     ctx.dq[b, h0 * g : h1 * g, r0:r1] = dq.reshape(hk * g, rows, -1)
     with ctx.lock:
         ctx.dk[b, h0:h1, lo:hi] += dk
         ctx.dv[b, h0:h1, lo:hi] += dv
+
+
+def _add_sink_grad(ctx: _Backward, task: Task, p_sink: Any, delta: Any) -> None:
+    """``dsinks[h] += sum_i exp(sinks[h] - lse_i) (dlse_i - delta_i)`` over the task's rows."""
+    (h0, h1), (r0, r1), g = task.heads, task.rows, ctx.args.group
+    term = -delta if ctx.dlse is None else ctx.dlse[task.batch, h0 * g : h1 * g, r0:r1].astype(ctx.dtype).reshape(
+        delta.shape) - delta  # fmt: skip
+    term = (p_sink * term).reshape((h1 - h0) * g, r1 - r0).sum(axis=-1)
+    with ctx.lock:
+        ctx.dsinks[h0 * g : h1 * g] += term
+
+
+def _add_unplanned_rows(ctx: _Backward, tasks: list[Task]) -> None:
+    """Rows inside their sequence that no task holds (no key in range): ``lse = sinks[h]``,
+    ``out = 0``, so each adds its ``dlse`` to ``dsinks`` (nothing with a ``-inf`` sink)."""
+    xp, args = ctx.xp, ctx.args
+    weight = xp.where(ctx.sinks == NEG_INF, ctx.dtype.type(0), xp.exp(ctx.sinks - ctx.sinks))  # 1, 0 or NaN
+    for b, q_len in enumerate(args.q_lens().tolist()):
+        planned = np.zeros(q_len, dtype=bool)
+        for task in tasks:
+            if task.batch == b:
+                planned[task.rows[0] : task.rows[1]] = True
+        rows = np.flatnonzero(~planned)
+        if rows.size:
+            dlse = ctx.dlse[b][:, xp.asarray(rows)].astype(ctx.dtype).sum(axis=-1)  # (Hq,)
+            ctx.dsinks += weight * dlse
 
 
 def _product(xp: Any, weights: Any, values: Any, ok: Any) -> Any:
@@ -158,17 +192,25 @@ def attend_vjp(
     dlse: Any,
     bias: Any,
     mask: Any,
+    sinks: Any = None,
     config: BlockConfig,
 ) -> tuple[Any, ...]:
     """The gradients of one multi-head op (arguments already validated into ``args``).
 
     Returns ``(dq, dk, dv)`` in the dtypes of ``q``, ``k``, ``v``, then ``dbias``
-    (shaped and typed like ``bias``) when a bias is given.
+    (shaped and typed like ``bias``) when a bias is given, then ``dsinks``
+    (in ``q``'s dtype, as the reference run at that precision) when sinks are given.
     """
     ctx = _Backward(xp, q, k, v, dout, dlse, pattern, args, bias, mask)
     config = dataclasses.replace(config, key_block=0)  # a task holds its whole key range
-    run_tasks(xp, plan(args, pattern, config), lambda task, _: _run_task(ctx, task), lambda: None, config.threads)
+    tasks = plan(args, pattern, config)
+    run_tasks(xp, tasks, lambda task, _: _run_task(ctx, task), lambda: None, config.threads)
+    if ctx.dsinks is not None and ctx.dlse is not None:
+        with quiet(xp):
+            _add_unplanned_rows(ctx, tasks)
     grads = (ctx.dq.astype(q.dtype, copy=False), ctx.dk.astype(k.dtype, copy=False), ctx.dv.astype(v.dtype, copy=False))
-    if bias is None:
-        return grads
-    return (*grads, ctx.dbias.reshape(bias.shape).astype(bias.dtype, copy=False))
+    if bias is not None:
+        grads = (*grads, ctx.dbias.reshape(bias.shape).astype(bias.dtype, copy=False))
+    if sinks is not None:
+        grads = (*grads, ctx.dsinks.astype(q.dtype, copy=False))  # as the reference run in q's dtype
+    return grads

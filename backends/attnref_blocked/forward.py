@@ -18,6 +18,10 @@ the average does not), and in float64, the task instead follows the
 reference's steps over its whole key range: masked softmax (normalised), then
 the weighted sum (:mod:`attnref_blocked.numerics`).
 
+With ``sinks``, the reference's steps count the sink in the softmax, the
+streamed float32 path adds it after the keys (``lse' = logaddexp(lse, sink)``,
+``out' = out exp(lse - lse')``), and rows no task holds keep ``lse = sinks[h]``.
+
 Semantics (as the reference): a disallowed key never contributes, even if its
 score or value is NaN or infinite (masking replaces scores by ``-inf`` before
 the max; non-finite values are zeroed for the products and added back only to
@@ -64,6 +68,10 @@ class _Forward(Inputs):
         shape = (args.batch, args.q_heads, args.q_len)
         self.out = xp.zeros((*shape, args.value_dim), dtype=self.dtype)
         self.lse = xp.full(shape, NEG_INF, dtype=self.dtype)
+        self.sinks = None if args.sinks is None else xp.asarray(args.sinks.astype(self.dtype))  # (Hq,)
+        if self.sinks is not None:  # a row without keys: lse = the sink; padding rows stay -inf
+            for b, q_len in enumerate(args.q_lens().tolist()):
+                self.lse[b, :, :q_len] = self.sinks[:, None]
 
     def _prepare_values(self, v: Any, largest: float, no_bias: bool) -> Any:
         """float32: ``v`` transposed with a row of ones below, ``(B, Hkv, Dv + 1, Lk)``, so that the
@@ -128,11 +136,23 @@ def _run_task(ctx: _Forward, task: Task, scratch: _Scratch, key_block: int) -> N
         s, _ = scores(ctx, task, qb, (lo, hi), user, scratch.scores((hk, g * rows, hi - lo)),
                       transposed=False, scaled=False)  # fmt: skip
         ok = allowed(ctx, task, np.arange(lo, hi), user)  # (hk|1, g|1, rows, keys)
-        P, lse = masked_softmax(xp, s.reshape(hk, g, rows, hi - lo), ok)
+        sink = None if ctx.sinks is None else ctx.sinks[h0 * g : h1 * g].reshape(hk, g, 1, 1)
+        P, lse = masked_softmax(xp, s.reshape(hk, g, rows, hi - lo), ok, sink=sink)
         values = ctx.v_raw[task.batch, h0:h1, lo:hi][:, None]  # (hk, 1, keys, Dv): one kv head per group
         out = weighted_sum(xp, P, values, lambda c: ok[..., c], ctx.bad_columns(task, lo, hi) - lo)
-    ctx.out[task.batch, h0 * g : h1 * g, r0:r1] = out.reshape(hk * g, rows, -1)
-    ctx.lse[task.batch, h0 * g : h1 * g, r0:r1] = lse.reshape(hk * g, rows)
+    out, lse = out.reshape(hk * g, rows, -1), lse.reshape(hk * g, rows)
+    if ctx.fast and ctx.sinks is not None:  # the other path counted the sink in its softmax
+        out, lse = _with_sink(xp, out, lse, ctx.sinks[h0 * g : h1 * g, None])
+    ctx.out[task.batch, h0 * g : h1 * g, r0:r1] = out
+    ctx.lse[task.batch, h0 * g : h1 * g, r0:r1] = lse
+
+
+def _with_sink(xp: Any, out: Any, lse: Any, sink: Any) -> tuple[Any, Any]:
+    """Add the sink, a key with no value (contract section 7): ``lse' = log(exp(sink) + exp(lse))``
+    and ``out' = out exp(lse - lse')``; a ``-inf`` sink changes nothing, a NaN sink makes both NaN."""
+    total = xp.logaddexp(lse, sink)
+    factor = xp.where(lse == NEG_INF, out.dtype.type(0), xp.exp(lse - total))  # a row without keys: out stays 0
+    return out * factor[..., None], total
 
 
 def _stream(ctx: _Forward, task: Task, qb: Any, pieces: list, user: Any, scratch: _Scratch) -> tuple[Any, Any]:

@@ -55,29 +55,45 @@ def nonfinite_rows(xp: Any, values: Any) -> np.ndarray:
     return np.flatnonzero(to_host(xp, bad.any(axis=tuple(a for a in range(values.ndim) if a != values.ndim - 2))))
 
 
-def masked_softmax(xp: Any, s: Any, allowed: Any = None) -> tuple[Any, Any]:
+def masked_softmax(
+    xp: Any, s: Any, allowed: Any = None, *, sink: Any = None, overwrite: bool = False
+) -> tuple[Any, Any]:
     """Softmax of ``s`` over the allowed entries of its last axis, and its log-sum-exp.
 
-    With ``m_i = max_{j allowed} s_ij``::
+    With ``m_i = max_{j allowed} s_ij`` (and the sink's logit, if given)::
 
-        P_ij  = exp(s_ij - m_i) / sum_{j allowed} exp(s_ij - m_i)   (j allowed; else exactly 0)
-        lse_i = m_i + log sum_{j allowed} exp(s_ij - m_i)
+        lse_i = m_i + log(exp(sink_i - m_i) + sum_{j allowed} exp(s_ij - m_i))
+        P_ij  = exp(s_ij - lse_i)   (j allowed; else exactly 0)
 
-    ``allowed`` (bool, broadcastable to ``s``; None = every entry) selects:
-    disallowed entries are exactly 0, even in a row made NaN by an allowed NaN
-    score. A row with nothing allowed (or only ``-inf`` scores) is all 0 with
-    lse ``-inf``. Returns ``(P, lse)``, ``lse`` of shape ``s.shape[:-1]``.
+    ``allowed`` (bool, broadcastable to ``s``; None = every entry, the scores
+    already ``-inf`` where disallowed) selects: disallowed entries are exactly
+    0, even in a row made NaN by an allowed NaN score. ``sink`` (broadcastable
+    to ``s.shape[:-1] + (1,)``) is one more, always allowed key without a value
+    (contract section 7; ``-inf`` = no sink). A row with nothing allowed (or only
+    ``-inf`` scores) is all 0 with lse ``-inf``, or the sink. With ``overwrite``
+    (and no ``allowed``), ``P`` is computed in ``s``'s memory. Returns ``(P,
+    lse)``, ``lse`` of shape ``s.shape[:-1]``.
     """
     dt = s.dtype.type
     masked = s if allowed is None else xp.where(allowed, s, dt(NEG_INF))
     m = masked.max(axis=-1, keepdims=True)
+    if sink is not None:
+        m = xp.maximum(m, sink)  # a NaN sink: NaN everywhere in its rows
     m = xp.where(m == NEG_INF, dt(0), m)  # an empty row must not compute -inf - -inf
-    e = xp.exp(masked - m)
+    if overwrite and allowed is None:
+        e = xp.subtract(s, m, out=s)
+        xp.exp(e, out=e)
+    else:
+        e = xp.exp(masked - m)
     total = e.sum(axis=-1, keepdims=True)
-    P = e / xp.where(total == 0, dt(1), total)  # an empty row: 0 / 1
+    if sink is not None:
+        total = total + xp.exp(sink - m)
+    lse = (m + xp.log(total))[..., 0]  # an empty row: 0 + log(0) = -inf
+    inverse = 1 / xp.where(total == 0, dt(1), total)  # an empty row: 0 * 1
+    P = xp.multiply(e, inverse, out=e) if overwrite and allowed is None else e * inverse
     if allowed is not None:
         P = xp.where(allowed, P, dt(0))
-    return P, (m + xp.log(total))[..., 0]  # an empty row: 0 + log(0) = -inf
+    return P, lse
 
 
 def weighted_sum(

@@ -1,13 +1,13 @@
 """How a blocked kernel cuts one multi-head call into tasks (host side, plain ints).
 
-Query rows are cut into blocks (their height chosen per pattern: tall for
-global attention, short for a narrow band). For each block,
-:meth:`Pattern.key_range` gives the only keys it may see, clipped to the
-batch's kv length; a block with an empty range is not planned (its rows stay 0
-with lse ``-inf``), so causal attention does about half the work and local
-attention ``O(Lq x window)``. The range is cut into tiles, and
-:meth:`Pattern.block_is_full` marks the tiles that need the pattern's mask.
-Rows at or past the batch's ``q_lengths`` are not planned. The forward and the
+The blocks come from the one block planner, :meth:`Pattern.plan_blocks`:
+query rows cut into blocks, each with the only keys it may see (clipped to the
+batch's kv length) and its key tiles marked full or cut by the pattern. Here a
+block height is chosen per pattern (tall for global attention, short for a
+narrow band), blocks with an empty key range are dropped (their rows stay 0
+with lse ``-inf``; causal attention does about half the work, local attention
+``O(Lq x window)``), and each block becomes tasks of a few kv heads. Rows at
+or past the batch's ``q_lengths`` are not planned. The forward and the
 backward kernels run the same plan.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from attnref.patterns import Pattern
+from attnref.patterns import Pattern, QueryBlock
 from attnref.validation import AttentionArgs
 
 __all__ = ["BlockConfig", "Task", "plan", "key_pieces"]
@@ -83,31 +83,9 @@ class Task:
         return (self.rows[1] - self.rows[0]) * (self.keys[1] - self.keys[0]) * (self.heads[1] - self.heads[0])
 
 
-def _masked_ranges(pattern: Pattern, p_first: int, p_last: int, lo: int, hi: int, tile: int) -> tuple:
-    """Key sub-ranges of ``[lo, hi)`` where some position in ``p_first..p_last`` is disallowed."""
-    if pattern.block_is_full(p_first, p_last, lo, hi - 1):
-        return ()
-    ranges: list[tuple[int, int]] = []
-    for j0 in range(lo, hi, tile):
-        j1 = min(j0 + tile, hi)
-        if pattern.block_is_full(p_first, p_last, j0, j1 - 1):
-            continue
-        if ranges and ranges[-1][1] == j0:
-            ranges[-1] = (ranges[-1][0], j1)
-        else:
-            ranges.append((j0, j1))
-    return tuple(ranges)
-
-
-def _row_blocks(pattern: Pattern, q_len: int, kv_len: int, offset: int, rows: int) -> list[tuple[int, int, int, int]]:
-    """``(r0, r1, lo, hi)`` for every block of ``rows`` query rows with a non-empty key range."""
-    blocks = []
-    for r0 in range(0, q_len, rows):
-        r1 = min(r0 + rows, q_len)
-        lo, hi = pattern.key_range(r0 + offset, r1 - 1 + offset, kv_len)
-        if lo < hi:
-            blocks.append((r0, r1, lo, hi))
-    return blocks
+def _row_blocks(pattern: Pattern, q_len: int, kv_len: int, offset: int, rows: int) -> list[QueryBlock]:
+    """The non-empty blocks of ``rows`` query rows (:meth:`Pattern.plan_blocks`, without tiles)."""
+    return [block for block in pattern.plan_blocks(q_len, kv_len, offset=offset, block_rows=rows) if not block.empty]
 
 
 def plan(args: AttentionArgs, pattern: Pattern, config: BlockConfig) -> list[Task]:
@@ -116,9 +94,7 @@ def plan(args: AttentionArgs, pattern: Pattern, config: BlockConfig) -> list[Tas
     g = args.group
     tasks = []
     cache: dict[tuple[int, int, int], tuple[int, list]] = {}
-    for b in range(args.batch):
-        q_len = args.q_len if args.q_lengths is None else int(args.q_lengths[b])
-        kv_len = args.kv_len if args.kv_lengths is None else int(args.kv_lengths[b])
+    for b, (q_len, kv_len) in enumerate(zip(args.q_lens().tolist(), args.kv_lens().tolist(), strict=True)):
         offset = int(offsets[b])
         rows, blocks = _choose_rows(pattern, q_len, kv_len, offset, config, cache)
         if not blocks:
@@ -129,18 +105,21 @@ def plan(args: AttentionArgs, pattern: Pattern, config: BlockConfig) -> list[Tas
             blocks = _row_blocks(pattern, q_len, kv_len, offset, rows)
             widest = _score_width(blocks, config.key_block)
         heads = _heads_per_task(args.kv_heads, g * rows * widest, config, len(blocks) * args.batch)
-        for r0, r1, lo, hi in blocks:
-            masked = _masked_ranges(pattern, r0 + offset, r1 - 1 + offset, lo, hi, config.tile)
+        tiled = pattern.plan_blocks(q_len, kv_len, offset=offset, block_rows=rows, key_tile=config.tile)
+        for block in tiled:
+            if block.empty:
+                continue
             for h0 in range(0, args.kv_heads, heads):
                 h1 = min(h0 + heads, args.kv_heads)
-                tasks.append(Task(b, (h0, h1), (r0, r1), (lo, hi), masked, offset))
+                rows_, keys = (block.start, block.stop), (block.key_start, block.key_stop)
+                tasks.append(Task(b, (h0, h1), rows_, keys, block.masked_ranges(), offset))
     tasks.sort(key=lambda t: -t.cost)
     return tasks
 
 
 def _choose_rows(
     pattern: Pattern, q_len: int, kv_len: int, offset: int, config: BlockConfig, cache: dict
-) -> tuple[int, list[tuple[int, int, int, int]]]:
+) -> tuple[int, list[QueryBlock]]:
     """Query rows per block, and the blocks: the candidate (a power of two up to ``max_rows``)
     with the least planned work, counting each block as ``rows + config.row_overhead`` rows against its
     key range. Tall blocks waste keys in a narrow band (the range grows with the rows); short
@@ -153,16 +132,16 @@ def _choose_rows(
         best = None
         for rows in candidates:
             blocks = _row_blocks(pattern, q_len, kv_len, offset, rows)
-            work = sum((r1 - r0 + config.row_overhead) * (hi - lo) for r0, r1, lo, hi in blocks)
+            work = sum((b.stop - b.start + config.row_overhead) * (b.key_stop - b.key_start) for b in blocks)
             if best is None or work < best[0]:
                 best = (work, rows, blocks)
         cache[key] = best[1:]
     return cache[key]
 
 
-def _score_width(blocks: list[tuple[int, int, int, int]], key_block: int) -> int:
+def _score_width(blocks: list[QueryBlock], key_block: int) -> int:
     """Widest score block, in keys (longer key ranges are streamed in pieces of ``key_block``)."""
-    widest = max(hi - lo for _, _, lo, hi in blocks)
+    widest = max(block.key_stop - block.key_start for block in blocks)
     return widest if key_block <= 0 or widest <= key_block + key_block // 4 else key_block
 
 

@@ -66,12 +66,13 @@ def _attend(q, k, v, pattern: Pattern, scale, softcap, bias, mask, kv_lengths, q
     for b in range(args.batch):
         kv_len = args.kv_len if args.kv_lengths is None else int(args.kv_lengths[b])
         q_len = args.q_len if args.q_lengths is None else int(args.q_lengths[b])
-        for start in range(0, q_len, QUERY_BLOCK):  # rows >= q_len stay 0 / -inf
-            rows = np.arange(start, min(start + QUERY_BLOCK, q_len))
+        # attnref's one block planner: each block of rows with the only keys its pattern allows
+        for block in pattern.plan_blocks(q_len, kv_len, offset=int(offsets[b]), block_rows=QUERY_BLOCK):
+            if block.empty:
+                continue  # no key for this block: out 0, lse -inf (rows >= q_len are never planned)
+            rows = np.arange(block.start, block.stop)
             p = rows + offsets[b]
-            lo, hi = pattern.key_range(int(p[0]), int(p[-1]), kv_len)  # every allowed key is in [lo, hi)
-            if lo >= hi:
-                continue  # no key for this block: out 0, lse -inf
+            lo, hi = block.key_start, block.key_stop  # every allowed key is in [lo, hi)
             keys = np.arange(lo, hi)
             s = q[b][:, rows].astype(np.float64) @ k[b][kv_head][:, keys].astype(np.float64).swapaxes(1, 2)
             s *= args.scale
@@ -79,7 +80,7 @@ def _attend(q, k, v, pattern: Pattern, scale, softcap, bias, mask, kv_lengths, q
                 s = args.softcap * np.tanh(s / args.softcap)
             if bias is not None:
                 s += np.broadcast_to(bias, args.scores_shape)[b][:, rows][:, :, keys]
-            if pattern.block_is_full(int(p[0]), int(p[-1]), lo, hi - 1):
+            if block.full:
                 allowed = np.ones(s.shape, dtype=bool)  # the pattern allows the whole block: no mask needed
             else:
                 allowed = np.broadcast_to(pattern.allows(p[:, None], keys[None, :]), s.shape)

@@ -632,3 +632,92 @@ def test_torch_tensors_without_values_name_the_argument(argument, value, error):
     call[argument] = tensor.to("meta") if value == "meta" else tensor.to_sparse()
     with pytest.raises(error, match=f"^{argument}:"):
         TINY.global_attention(call.pop("q"), call.pop("k"), call.pop("v"), **call)
+
+
+# -- sinks and packed sequences (contract sections 7 and 8) -------------------------
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("op", MULTIHEAD)
+def test_sinks_match_reference(op, dtype):
+    rng = np.random.default_rng([5, MULTIHEAD.index(op), DTYPE_NAMES.index(dtype)])
+    for seed in range(15):
+        q, k, v, kwargs = random_case(rng, op, dtype)
+        sinks = 2 * rng.standard_normal(q.shape[1])
+        if seed % 5 == 0:
+            sinks[0] = -np.inf  # no sink for that head
+        kwargs["sinks"] = sinks.astype(np.float32 if seed % 2 else np.float64)
+        try:
+            check_multihead(TINY, op, dtype, q, k, v, **kwargs)
+        except AssertionError as exc:
+            raise AssertionError(f"case {seed}: {exc}") from None
+
+
+def packed_case(rng, lengths_q, lengths_k, heads=(4, 2), dtype=np.float64):
+    cu_q, cu_k = np.concatenate([[0], np.cumsum(lengths_q)]), np.concatenate([[0], np.cumsum(lengths_k)])
+    q = rng.standard_normal((cu_q[-1], heads[0], 8)).astype(dtype)
+    k = rng.standard_normal((cu_k[-1], heads[1], 8)).astype(dtype)
+    v = rng.standard_normal((cu_k[-1], heads[1], 4)).astype(dtype)
+    return q, k, v, {"cu_seqlens_q": cu_q, "cu_seqlens_k": cu_k}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "op, kwargs",
+    [
+        ("global_attention", {"causal": True}),
+        ("local_attention", {"window": (3, 1), "align": "top_left"}),
+        ("chunked_attention", {"chunk_size": 4, "sinks": np.array([0.5, -np.inf, 1.0, -2.0])}),
+    ],
+)
+def test_packed_sequences_match_reference(op, kwargs, dtype):
+    """Empty sequences (no rows, no keys) included; lse and the VJP too."""
+    rng = np.random.default_rng(17)
+    q, k, v, packed = packed_case(rng, [5, 0, 9, 3, 12], [7, 2, 9, 0, 20], dtype=numpy_dtype(dtype))
+    check_multihead(TINY, op, dtype, q, k, v, **kwargs, **packed)
+    dout, dlse = rng.standard_normal((q.shape[0], 4, 4)), rng.standard_normal((q.shape[0], 4))
+    got = getattr(TINY, f"{op}_vjp")(q, k, v, dout, dlse=dlse, **kwargs, **packed)
+    ref = getattr(reference, f"{op}_vjp")(q, k, v, dout, dlse=dlse, **kwargs, **packed)
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref, strict=True):
+        assert g.shape == r.shape
+        np.testing.assert_allclose(
+            g, r, rtol=1e-9 if dtype == "float64" else 2e-4, atol=1e-9 if dtype == "float64" else 2e-4
+        )
+
+
+# -- paged KV cache, merged states (contract sections 9 and 10) --------------------
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"causal": True}, {"window": (3, 0), "softcap": 2.0}, {"window": 2, "sinks": np.array([0.3, -1.0, 2.0, 0.0])}],
+)
+def test_paged_attention_matches_reference(kwargs, dtype):
+    """Shared blocks (prefix caching), unused table entries of any value, an empty sequence."""
+    rng = np.random.default_rng(31)
+    dt = numpy_dtype(dtype)
+    k_cache, v_cache = rng.standard_normal((10, 4, 2, 8)).astype(dt), rng.standard_normal((10, 4, 2, 6)).astype(dt)
+    k_cache[9] = np.nan  # a block no sequence uses: must never be read
+    q = rng.standard_normal((3, 4, 3, 8)).astype(dt)
+    table = np.array([[2, 5, 7, -1], [2, 0, 1, 3], [-1, -1, -1, -1]])
+    lengths = np.array([10, 16, 0])
+    check_multihead(
+        TINY, "paged_attention", dtype, q, k_cache, v_cache, block_table=table, cache_seqlens=lengths, **kwargs
+    )
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
+def test_merge_attention_states_matches_reference(dtype):
+    rng = np.random.default_rng(32)
+    dt = numpy_dtype(dtype)
+    outs = rng.standard_normal((3, 2, 5, 4)).astype(dt)
+    lses = (3 * rng.standard_normal((3, 2, 5))).astype(dt)
+    lses[1, 0, 0] = -np.inf
+    outs[1, 0, 0] = np.nan  # weight exactly 0: must not leak
+    lses[:, 1, 1] = -np.inf  # every part empty: 0 and -inf
+    lses[2, 1, 2] = np.nan  # poisons its position
+    got = TINY.merge_attention_states(outs, lses)
+    ref = reference.merge_attention_states(outs, lses)
+    naive = reference.merge_attention_states(outs, lses, precision=dtype)
+    assert got[0].dtype == dt and got[1].dtype == dt
+    assert_conforms(got[0], ref[0], naive[0], dtype, finite_max(outs), "out")
+    assert_conforms(got[1], ref[1], naive[1], dtype, max(1.0, finite_max(ref[1])), "lse")
+    assert np.isfinite(got[0][0, 0]).all() and np.all(got[0][1, 1] == 0) and np.isnan(got[1][1, 2])

@@ -28,6 +28,8 @@ from attnref.validation import (
     check_additive,
     check_attention,
     check_luong,
+    check_merge,
+    check_paged,
     check_upstream_gradient,
     check_window,
     chunk_pattern,
@@ -206,6 +208,33 @@ BUGS: dict[str, Bug] = {
     "vjp-dout-of-padding-read": Bug(
         "padding rows read their dout (0 * NaN reaches dv)", "global_attention_vjp", "float64", "q-lengths"
     ),
+    # sinks, paged KV caches, merged states (issue 11 item 4)
+    "sink-scaled": Bug("the sink logit multiplied by the softmax scale", "global_attention", "float64", "sinks"),
+    "lse-without-sink": Bug("lse returned without the sink's term", "local_attention", "float64", "sinks"),
+    "paged-table-modulo": Bug(
+        "key t read from table column t % max_blocks, slot t // max_blocks", "paged_attention", "float64", "basic"
+    ),
+    "paged-seqlens-ignored": Bug(
+        "every slot of the table read, cache_seqlens ignored", "paged_attention", "float64", "partial-block"
+    ),
+    "paged-sink-softcapped": Bug("the sink softcapped like a score", "paged_attention", "float64", "sinks-softcap"),
+    "merge-no-max-shift": Bug("exp(lses) without the max shift", "merge_attention_states", "float64", "large-lse"),
+    "merge-neg-inf-leak": Bug(
+        "a part with lse -inf multiplied by its weight 0 (NaN outs leak)",
+        "merge_attention_states",
+        "float64",
+        "neg-inf-part",
+    ),
+    "merge-empty-nan": Bug("every part empty: 0 / 0 = NaN output", "merge_attention_states", "float64", "all-neg-inf"),
+    "varlen-offset-off-by-one": Bug(
+        "sequence b's keys read from cu_seqlens_k[b] + 1", "chunked_attention", "float64", "varlen"
+    ),
+    "varlen-alignment-packed": Bug(
+        "bottom-right alignment taken over the packed totals, not per sequence",
+        "global_attention",
+        "float64",
+        "varlen",
+    ),
     # memory layouts (issue 10 item 5)
     "strides-ignored": Bug(
         "reads memory in storage order as if C-contiguous (ignores strides)",
@@ -316,8 +345,15 @@ class ToyBackend:
         q_lengths: Any = None,
         align: Any = "bottom_right",
         return_lse: Any = False,
+        sinks: Any = None,
+        cu_seqlens_q: Any = None,
+        cu_seqlens_k: Any = None,
         chunk: bool = False,
     ) -> Any:
+        if cu_seqlens_q is not None or cu_seqlens_k is not None:
+            return self._varlen(q, k, v, make_pattern, cu_seqlens_q, cu_seqlens_k, scale=scale, softcap=softcap,
+                                bias=bias, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+                                return_lse=return_lse, sinks=sinks, chunk=chunk)  # fmt: skip
         given = {"bias": bias, "softcap": softcap, "mask": mask, "kv_lengths": kv_lengths, "q_lengths": q_lengths}
         for feature in sorted(self.lacks):
             if given.get(feature) is not None:
@@ -341,6 +377,7 @@ class ToyBackend:
                 q_lengths=q_lengths,
                 align=align,
                 return_lse=return_lse,
+                sinks=sinks,
             )
         except ValueError as exc:
             if "error-unnamed" in self.bugs:
@@ -393,7 +430,14 @@ class ToyBackend:
                     if bias_full is not None:
                         s = s + bias_full[b, h]
                     ok = allowed
-                o, l_ = self._online_softmax(s, ok, vc[b, kvh], work, q.dtype)
+                sink = None
+                if a.sinks is not None:
+                    value = a.sinks[h] * (s_scale if "sink-scaled" in self.bugs else 1.0)
+                    if "paged-sink-softcapped" in self.bugs and softcap is not None:
+                        value = softcap * np.tanh(value / softcap)
+                    padding = np.zeros(a.q_len, bool) if a.q_lengths is None else np.arange(a.q_len) >= a.q_lengths[b]
+                    sink = np.where(padding, -np.inf, value)  # padding rows stay outside the sequence
+                o, l_ = self._online_softmax(s, ok, vc[b, kvh], work, q.dtype, sink)
                 out[b, h] = o.astype(q.dtype)
                 lse[b, h] = l_.astype(lse_dtype)
         if "dtype-upcast" in self.bugs and q.dtype.itemsize == 2:
@@ -412,6 +456,41 @@ class ToyBackend:
             return np.lib.stride_tricks.as_strided(x, x.shape, strides, writeable=False).copy()
         return x
 
+    def _varlen(self, q: Any, k: Any, v: Any, make_pattern: Callable[[], Pattern], cu_q: Any, cu_k: Any,
+                **options: Any) -> Any:  # fmt: skip
+        """Packed sequences: the dense op on each sequence alone."""
+        return_lse = options.pop("return_lse")
+        chunk = options.pop("chunk")
+        a = check_attention(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, return_lse=return_lse, **options)
+        cq, ck = a.cu_seqlens_q, a.cu_seqlens_k
+        Tq, Hq = q.shape[0], q.shape[1]
+        dense = {name: options[name] for name in ("scale", "softcap", "align", "sinks")}
+        if "varlen-alignment-packed" in self.bugs:  # one packed sequence, block-diagonal, positions over the totals
+            seq_q = np.searchsorted(cq, np.arange(Tq), side="right")
+            seq_k = np.searchsorted(ck, np.arange(k.shape[0]), side="right")
+            mask = seq_q[:, None] == seq_k[None, :]
+            qd, kd, vd = (x.transpose(1, 0, 2)[None] for x in (q, k, v))
+            out, lse = self._multihead(qd, kd, vd, make_pattern, mask=mask, return_lse=True, chunk=chunk, **dense)
+            out, lse = out[0].transpose(1, 0, 2), lse[0].T
+            return (out, lse) if return_lse else out
+        out = np.zeros((Tq, Hq, v.shape[2]), dtype=q.dtype)
+        lse = np.full((Tq, Hq), -np.inf, dtype=q.dtype if q.dtype.itemsize > 2 else np.float32)
+        shift = 1 if "varlen-offset-off-by-one" in self.bugs else 0
+        for b in range(len(cq) - 1):
+            rows = slice(int(cq[b]), int(cq[b + 1]))
+            keys = slice(min(int(ck[b]) + shift, k.shape[0]), min(int(ck[b + 1]) + shift, k.shape[0]))
+            if rows.stop == rows.start:
+                continue
+            if keys.stop == keys.start:  # queries with no key: out 0, lse = the sink (or -inf)
+                if a.sinks is not None:
+                    lse[rows] = a.sinks.astype(lse.dtype)
+                continue
+            o, l_ = self._multihead(q[rows].transpose(1, 0, 2)[None], k[keys].transpose(1, 0, 2)[None],
+                                    v[keys].transpose(1, 0, 2)[None], make_pattern, return_lse=True, chunk=chunk,
+                                    **dense)  # fmt: skip
+            out[rows], lse[rows] = o[0].transpose(1, 0, 2), l_[0].T
+        return (out, lse) if return_lse else out
+
     def _scores(self, q: np.ndarray, k: np.ndarray, scale: float, softcap: Any, bias: Any) -> np.ndarray:
         work = q.dtype
         if "scale-after-softcap" in self.bugs and softcap is not None:
@@ -429,8 +508,10 @@ class ToyBackend:
             s = s + bias
         return s.astype(work)
 
-    def _online_softmax(self, s: np.ndarray, ok: np.ndarray, v: np.ndarray, work: np.dtype, io: np.dtype):
-        """Flash-style: one pass over key blocks, rescaling the running sums (``io``: the input dtype)."""
+    def _online_softmax(self, s: np.ndarray, ok: np.ndarray, v: np.ndarray, work: np.dtype, io: np.dtype,
+                        sink: np.ndarray | None = None):  # fmt: skip
+        """Flash-style: one pass over key blocks, rescaling the running sums (``io``: the input dtype).
+        A sink logit per row starts the running max and sum: a key with no value."""
         denominator = io if "fp16-denominator" in self.bugs and io.itemsize == 2 else work
         rows = s.shape[0]
         block = SHORT_KEY_BLOCK if s.shape[1] <= 32 else LONG_KEY_BLOCK
@@ -439,6 +520,9 @@ class ToyBackend:
             starts = starts[:-1]
         m = np.full(rows, -np.inf, dtype=work)
         total = np.zeros(rows, dtype=denominator)
+        if sink is not None:
+            m = sink.astype(work)
+            total = np.where(sink == -np.inf, 0, 1).astype(denominator)  # exp(sink - sink), or no sink
         acc = np.zeros((rows, v.shape[1]), dtype=work)
         seen = np.zeros(rows, dtype=bool)
         with np.errstate(all="ignore"):
@@ -485,11 +569,58 @@ class ToyBackend:
             else:
                 out = np.where(empty[:, None], work.type(0), acc / np.where(empty, 1, total)[:, None])
             lse = np.where(empty, -np.inf, m_safe + np.log(np.where(empty, 1, total)))
+            if "lse-without-sink" in self.bugs and sink is not None:
+                lse = m_safe + np.log(total - np.exp(sink - m_safe))
             if "empty-lse-zero" in self.bugs:
                 lse = np.where(empty, 0.0, lse)
             if "lse-missing-max" in self.bugs:
                 lse = lse - m_safe
         return out, lse
+
+    # -- paged KV cache and merged states ---------------------------------
+    def paged_attention(self, q: Any, k_cache: Any, v_cache: Any, *, block_table: Any, cache_seqlens: Any,
+                        causal: Any = False, window: Any = None, scale: Any = None, softcap: Any = None,
+                        sinks: Any = None, align: Any = "bottom_right", return_lse: Any = False) -> Any:  # fmt: skip
+        """Gather each sequence's keys through the table, then dense attention with ``kv_lengths``."""
+        pa = check_paged(q, k_cache, v_cache, block_table=block_table, cache_seqlens=cache_seqlens, causal=causal,
+                         window=window, scale=scale, softcap=softcap, sinks=sinks, align=align,
+                         return_lse=return_lse)  # fmt: skip
+        max_blocks = pa.block_table.shape[1]
+        t = np.arange(max_blocks * pa.block_size)
+        columns, slots = t // pa.block_size, t % pa.block_size
+        if "paged-table-modulo" in self.bugs:
+            columns, slots = t % max_blocks, t // max_blocks
+        blocks = np.maximum(pa.block_table[:, columns], 0)  # unused entries (-1) lie past every length
+        k = np.moveaxis(np.asarray(k_cache)[blocks, slots], 2, 1)  # (B, Hkv, slots, D)
+        v = np.moveaxis(np.asarray(v_cache)[blocks, slots], 2, 1)
+        lengths = None if "paged-seqlens-ignored" in self.bugs else pa.cache_seqlens
+        return self._multihead(q, k, v, lambda: pa.pattern, scale=scale, softcap=softcap, sinks=sinks,
+                               kv_lengths=lengths, align=align, return_lse=return_lse)  # fmt: skip
+
+    def merge_attention_states(self, outs: Any, lses: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The max-shifted merge, parts with lse -inf selected away."""
+        check_merge(outs, lses)
+        outs, lses = np.asarray(outs), np.asarray(lses)
+        work = np.float64 if outs.dtype == np.float64 else np.float32
+        o, lse_n = outs.astype(work), lses.astype(work)
+        with np.errstate(all="ignore"):
+            m = lse_n.max(axis=0)
+            m = np.where(m == -np.inf, 0, m)
+            if "merge-no-max-shift" in self.bugs:
+                m = np.zeros_like(m)
+            w = np.exp(lse_n - m)
+            if "merge-neg-inf-leak" in self.bugs:
+                weighted = (w[..., None] * o).sum(axis=0)
+            else:
+                weighted = np.where((lse_n > -np.inf)[..., None], w[..., None] * o, 0).sum(axis=0)
+            total = w.sum(axis=0)
+            empty = total == 0
+            if "merge-empty-nan" in self.bugs:
+                out = weighted / total[..., None]
+            else:
+                out = np.where(empty[..., None], 0, weighted / np.where(empty, 1, total)[..., None])
+            lse = np.where(empty, -np.inf, m + np.log(np.where(empty, 1, total)))
+        return out.astype(outs.dtype), lse.astype(lses.dtype)
 
     # -- gradients -------------------------------------------------------
     def global_attention_vjp(self, q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, causal: Any = False,
@@ -702,6 +833,50 @@ def _softmax(e: np.ndarray, allowed: np.ndarray, work: np.dtype) -> np.ndarray:
         p = np.where(allowed, np.exp(masked - m), 0)
         total = p.sum(axis=-1, keepdims=True)
         return np.where(total > 0, p / np.where(total > 0, total, 1), 0).astype(work)
+
+
+class RoundedScoresBackend:
+    """A legitimate float16 kernel in the manner of ONNX Runtime: the scores computed exactly and rounded
+    once to float16, everything after that exact. Not a planted bug: the tolerance must accept it, nearly
+    tied logits included (its sensitivity term moves the scores by one float16 rounding)."""
+
+    name = "rounded-scores"
+    version = "0.0"
+    unavailable_reason = None
+    ops = frozenset({"global_attention"})
+    dtypes = frozenset({"float16"})
+
+    def asarray(self, array: Any) -> np.ndarray:
+        return np.array(array)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def global_attention(self, q: Any, k: Any, v: Any, *, causal: Any = False, return_lse: Any = False,
+                         **options: Any) -> Any:  # fmt: skip
+        import attnref.reference
+
+        a = check_attention(q, k, v, return_lse=return_lse, **options)
+        scale = a.scale
+        group = a.q_heads // a.kv_heads
+        s = scale * np.einsum("bhid,bhjd->bhij", q.astype(np.float64), np.repeat(k.astype(np.float64), group, 1))
+        if options.get("softcap") is not None:
+            s = options["softcap"] * np.tanh(s / options["softcap"])
+        s16 = s.astype(np.float16).astype(np.float64)  # the one rounding
+        # exact math on the rounded scores: the reference with q = identity rows picks them up as a bias
+        bias = s16 if options.get("bias") is None else s16 + np.asarray(options["bias"], np.float64)
+        rest = {name: value for name, value in options.items() if name not in ("bias", "softcap", "scale")}
+        out, lse = attnref.reference.global_attention(
+            np.zeros(q.shape),
+            np.zeros(k.shape),
+            v.astype(np.float64),
+            bias=bias,
+            causal=causal,
+            return_lse=True,
+            **rest,
+        )
+        out = out.astype(q.dtype)
+        return (out, lse.astype(np.float32)) if return_lse else out
 
 
 class _Plugin:

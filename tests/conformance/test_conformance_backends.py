@@ -12,8 +12,18 @@ from planted import ToyBackend
 
 from attnref.conformance.cases import DEFAULT_EXAMPLES, catalogue
 from attnref.conformance.runner import Target, resolve_targets, run_suite
+from attnref.conformance.selection import XfailEntry
 from attnref.dtypes import DTYPE_NAMES
 from attnref.registry import Registry
+
+#: Known gaps, written down: the built-in NumPy backend has no ``sinks`` and no packed sequences yet (contract
+#: sections 7 and 8, issue 11 item 2, owned by the backend); an entry goes stale, and the test fails, once it has them.
+KNOWN_GAPS = {
+    "numpy": [
+        XfailEntry("*/sinks*/*", "numpy backend: no sinks yet (issue 11 item 2)", False, 1),
+        XfailEntry("*/*varlen*/*", "numpy backend: no cu_seqlens_q/k yet (issue 11 item 2)", False, 2),
+    ]
+}
 
 
 def test_honest_backends_pass_every_case_in_every_dtype() -> None:
@@ -22,10 +32,15 @@ def test_honest_backends_pass_every_case_in_every_dtype() -> None:
     numpy_registered = "numpy" in registry.names(include_unavailable=True)
     if numpy_registered:
         targets += resolve_targets(["numpy"], registry)
-    report = run_suite(targets, catalogue(examples=DEFAULT_EXAMPLES, seed=0), DTYPE_NAMES)
-    for name, entry in report.backends.items():
-        assert entry.available, entry.reason
-        bad = [(r.key, r.status, r.detail) for r in entry.results if r.status != "pass"]
+    for target in targets:
+        assert target.available, target.reason
+        ops = sorted(target.backend.ops)
+        gaps = KNOWN_GAPS.get(target.name, [])
+        report = run_suite([target], catalogue(ops, examples=DEFAULT_EXAMPLES, seed=0), DTYPE_NAMES, xfails=gaps)
+        name, entry = target.name, report.backends[target.name]
+        bad = [(r.key, r.status, r.detail) for r in entry.results if r.status != "pass" and r.xfail is None]
         assert not bad, name
+        assert all(gap.xfailed and not gap.xpassed for gap in gaps), "stale KNOWN_GAPS entry: remove it"
         assert {r.dtype for r in entry.results} == set(DTYPE_NAMES) and len(entry.results) > 1000
+        assert {r.op for r in entry.results} == set(ops)
     assert numpy_registered, "the built-in numpy backend is not registered in this environment"

@@ -17,10 +17,18 @@ from attnref.backend import OPS
 
 PLUGINS = ("attnref_numpy.plugin", "attnref_torch.plugin", "attnref_cupy.plugin")
 REFERENCE_ONLY = ("precision", "return_weights")
+#: Known gap, written down: the reference's multi-head ops gained these keywords (contract sections 7 and 8,
+#: issue 11 item 2) before the built-in backends did. A backend may still lack exactly these, nothing else; once
+#: no built-in backend lacks one, the test below fails until it is removed from this set.
+PENDING = frozenset({"sinks", "cu_seqlens_q", "cu_seqlens_k"})
 
 
 def _parameters(fn: Any, drop: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
-    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values() if p.name not in drop]
+    """``(name, kind, default)`` of each parameter: positional ones in order, keyword-only ones by name
+    (their order means nothing to a caller)."""
+    params = [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values() if p.name not in drop]
+    keyword_only = sorted((p for p in params if p[1] is inspect.Parameter.KEYWORD_ONLY), key=lambda p: p[0])
+    return [p for p in params if p[1] is not inspect.Parameter.KEYWORD_ONLY] + keyword_only
 
 
 def _backends() -> list[Any]:
@@ -31,12 +39,23 @@ def _backends() -> list[Any]:
     return found
 
 
+def _lacking(backend: Any, op: str) -> set[str]:
+    names = {p[0] for p in _parameters(getattr(backend, op))}
+    return {p[0] for p in _parameters(getattr(attnref.reference, op), REFERENCE_ONLY)} - names
+
+
 @pytest.mark.parametrize("backend", _backends(), ids=lambda b: b.name)
 def test_op_signatures_equal_the_reference(backend: Any) -> None:
     assert backend.ops <= set(OPS)
     for op in sorted(backend.ops):
-        expected = _parameters(getattr(attnref.reference, op), REFERENCE_ONLY)
+        lacking = _lacking(backend, op) & PENDING
+        expected = _parameters(getattr(attnref.reference, op), REFERENCE_ONLY + tuple(lacking))
         assert _parameters(getattr(backend, op)) == expected, f"{backend.name}.{op}"
+
+
+def test_the_pending_keywords_are_still_pending() -> None:
+    still = {name for b in _backends() for op in b.ops for name in _lacking(b, op)}
+    assert still == set(PENDING), f"remove {sorted(set(PENDING) - still)} from PENDING: the backends have them now"
 
 
 def test_the_built_in_backends_are_all_checked() -> None:

@@ -56,6 +56,13 @@ CASES: dict[str, tuple[str, int, dict[str, Any]]] = {
     "global-bias-head": ("global", 2, {"bias": _bias((1, HQ, 1, LK)), "softcap": 2.0, "dlse": True}),
     "global-bias-query": ("global", 4, {"bias": _bias((B, 1, LQ, 1)), "causal": True, "dlse": True}),
     "local-bias-full": ("local", 2, {"window": (None, 1), "bias": _bias((B, HQ, LQ, LK))}),
+    "global-causal-sinks-bias": (
+        "global", 2, {"causal": True, "sinks": _bias((HQ,)), "bias": _bias((LK,)), "dlse": True},
+    ),
+    "local-sinks-lengths": (
+        "local", 1, {"window": (1, 0), "sinks": _bias((HQ,)), "kv_lengths": [6, 0], "q_lengths": [4, 5], "dlse": True},
+    ),
+    "chunk-sinks-softcap": ("chunked", 2, {"chunk_size": 2, "causal": True, "sinks": _bias((HQ,)), "softcap": 1.0}),
 }  # fmt: skip
 
 
@@ -69,8 +76,9 @@ def _case(name: str) -> tuple[Callable, Callable, dict[str, np.ndarray], np.ndar
         "v": rng.standard_normal((B, hkv, LK, DV)),
     }
     kwargs = {key: value(rng) if callable(value) else value for key, value in options.items() if key != "dlse"}
-    if "bias" in kwargs:
-        leaves["bias"] = kwargs.pop("bias")
+    for name in ("bias", "sinks"):  # in the order of the VJP's results
+        if name in kwargs:
+            leaves[name] = kwargs.pop(name)
     dout = rng.standard_normal((B, HQ, LQ, DV))
     dlse = rng.standard_normal((B, HQ, LQ)) if options.get("dlse") else np.zeros((B, HQ, LQ))
     return forward, vjp, leaves, dout, dlse, kwargs
@@ -99,7 +107,8 @@ def numeric_grad(f: Callable[[], float], x: np.ndarray, h: float = 1e-6) -> np.n
 @pytest.mark.parametrize("name", list(CASES))
 def test_vjp_matches_finite_differences(name: str) -> None:
     forward, vjp, leaves, dout, dlse, kwargs = _case(name)
-    grads = vjp(leaves["q"], leaves["k"], leaves["v"], dout, dlse=dlse, bias=leaves.get("bias"), **kwargs)
+    q, k, v = leaves["q"], leaves["k"], leaves["v"]
+    grads = vjp(q, k, v, dout, dlse=dlse, bias=leaves.get("bias"), sinks=leaves.get("sinks"), **kwargs)
     assert len(grads) == len(leaves)
     for (leaf_name, leaf), grad in zip(leaves.items(), grads, strict=True):
         assert grad.shape == leaf.shape and grad.dtype == np.float64 and np.isfinite(grad).all(), leaf_name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -132,3 +133,25 @@ def test_the_vjps_validate_like_their_forward_ops() -> None:
         ref.global_attention_vjp(Q, Q, Q, dout, kv_lengths=[5])
     with pytest.raises(TypeError, match="mask"):
         ref.global_attention_vjp(Q, Q, Q, dout, mask=np.ones((2, 2)))
+
+
+@pytest.mark.parametrize("op", ["global_attention", "local_attention", "chunked_attention"])
+def test_a_vjp_takes_the_keyword_arguments_of_its_op(op: str) -> None:
+    forward = inspect.signature(getattr(ref, op)).parameters
+    vjp = inspect.signature(getattr(ref, f"{op}_vjp")).parameters
+    expected = [name for name in forward if name not in ("return_lse", "return_weights")]
+    assert list(vjp)[:4] == ["q", "k", "v", "dout"] and "dlse" in vjp
+    assert sorted(set(vjp) - {"dout", "dlse"}) == sorted(expected)
+    for name in expected:
+        assert vjp[name].kind == forward[name].kind and vjp[name].default == forward[name].default, name
+
+
+def test_torch_tensors_that_require_grad_are_read_as_arrays() -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    q, k, v, dout = (rng.standard_normal((1, 2, 3, 4)) for _ in range(4))
+    want = ref.local_attention_vjp(q, k, v, dout, window=1)
+    tensors = [torch.tensor(a, requires_grad=True) for a in (q, k, v, dout)]
+    got = ref.local_attention_vjp(*tensors, window=1)
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_array_equal(a, b)

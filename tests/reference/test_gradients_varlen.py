@@ -150,3 +150,16 @@ def test_packed_gradients_match_finite_differences_of_the_per_sequence_forward()
 
     for name, grad in zip("qkv", grads, strict=True):
         np.testing.assert_allclose(grad, numeric_grad(loss, a[name]), atol=1e-7, rtol=1e-6, err_msg=name)
+
+
+def test_packed_dsinks_match_finite_differences_of_the_packed_forward() -> None:
+    a = _packed(12, [3, 0, 4, 2], [5, 2, 4, 0])
+    options = {"chunk_size": 2, "causal": True, "cu_seqlens_q": a["cu_seqlens_q"], "cu_seqlens_k": a["cu_seqlens_k"]}
+    grads = ref.chunked_attention_vjp(a["q"], a["k"], a["v"], a["dout"], dlse=a["dlse"], sinks=a["sinks"], **options)
+
+    def loss() -> float:
+        out, lse = ref.chunked_attention(a["q"], a["k"], a["v"], sinks=a["sinks"], return_lse=True, **options)
+        return float(np.sum(out * a["dout"]) + np.sum(np.where(np.isneginf(lse), 0.0, lse) * a["dlse"]))
+
+    for name, grad in zip(("q", "k", "v", "sinks"), grads, strict=True):
+        np.testing.assert_allclose(grad, numeric_grad(loss, a[name]), atol=1e-7, rtol=1e-6, err_msg=name)
