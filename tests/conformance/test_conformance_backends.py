@@ -16,9 +16,9 @@ from attnref.conformance.selection import XfailEntry
 from attnref.dtypes import DTYPE_NAMES
 from attnref.registry import Registry
 
-#: Known gap, written down: the built-in NumPy backend has no ``sinks`` yet (contract section 7, issue 11 item 2,
-#: owned by the backend); the entry goes stale, and the test fails, once it has them.
-KNOWN_GAPS = {"numpy": [XfailEntry("*/sinks*/*", "numpy backend: no sinks yet (issue 11 item 2)", False, 1)]}
+#: Known gaps, written down (an entry goes stale, and the test fails, once the backend closes it). The NumPy
+#: backend's missing sinks (issue 11 item 2) are closed.
+KNOWN_GAPS: dict[str, list[XfailEntry]] = {}
 
 
 def test_honest_backends_pass_every_case_in_every_dtype() -> None:
