@@ -273,6 +273,16 @@ def _very_negative_bias(rng: CaseRandom, d: Dims) -> dict[str, Any]:
     return {"bias": np.full((1,), -1000.0)}  # every score near -1000: exp underflows without the max shift
 
 
+def _nearly_tied(rng: CaseRandom, d: Dims) -> dict[str, Any]:
+    """Scores ``10 + delta`` with ``|delta| < 0.01``: float16 rounds them (spacing 2**-7) to a few ties."""
+    scale = 1.0 / np.sqrt(d.D)
+    q = np.zeros((d.B, d.Hq, d.Lq, d.D))
+    q[..., 0] = 2.0 + 0.01 * rng.standard_normal((d.B, d.Hq, d.Lq))
+    k = 0.01 * rng.standard_normal((d.B, d.Hkv, d.Lk, d.D))
+    k[..., 0] = (10.0 + 0.005 * rng.standard_normal((d.B, d.Hkv, d.Lk))) / (2.0 * scale)
+    return {"q": q, "k": k}
+
+
 def _nan_query(rng: CaseRandom, d: Dims) -> dict[str, Any]:
     q = rng.standard_normal((d.B, d.Hq, d.Lq, d.D))
     q[0, 1, 2, 3] = np.nan  # exactly row (0, 1, 2) of out and lse becomes NaN
@@ -345,9 +355,60 @@ def _shared_multihead(op: str) -> list[Case]:
         _mha(op, "nan-beyond-lengths", "NaN and inf in k, v past kv_lengths never leak", Dims(Lq=6, Lk=8),
              extra=_nan_beyond_lengths, **p),
         *_sink_cases(op),
+        *_varlen_cases(op),
         *_long_cases(op),
         *_layout_cases(op),
         *_hidden_nonfinite_cases(op),
+    ]
+    # fmt: on
+
+
+def _varlen(op: str, case_id: str, note: str, cu_q: list[int], cu_k: list[int], *, Hq: int = 4, Hkv: int = 2,
+            D: int = 8, Dv: int = 6, sinks: bool = False, **options: Any) -> Case:  # fmt: skip
+    """A packed variable-length case (contract section 8): ``q (Tq, Hq, D)``, offsets ``cu_q``, ``cu_k``."""
+    rng = case_rng(f"{op}/{case_id}")
+    inputs = {
+        "q": rng.standard_normal((cu_q[-1], Hq, D)),
+        "k": rng.standard_normal((cu_k[-1], Hkv, D)),
+        "v": rng.standard_normal((cu_k[-1], Hkv, Dv)),
+    }
+    if sinks:
+        inputs["sinks"] = rng.standard_normal(Hq)
+    options = {"cu_seqlens_q": np.array(cu_q, dtype=np.int64), "cu_seqlens_k": np.array(cu_k, dtype=np.int64),
+               "return_lse": True, **options}  # fmt: skip
+    return Case(op, case_id, inputs, options, note=note)
+
+
+def _varlen_cases(op: str) -> list[Case]:
+    """Packed sequences: each is the dense op on its own rows and keys, aligned per sequence."""
+    p = TYPICAL_PATTERN[op]
+    # fmt: off
+    return [
+        _varlen(op, "varlen", "3 packed sequences of 3, 0 and 5 queries on 4, 5 and 3 keys", [0, 3, 3, 8],
+                [0, 4, 9, 12], **p),
+        _varlen(op, "varlen-top-left", "packed sequences, top-left alignment", [0, 5, 7, 8], [0, 2, 9, 12],
+                align="top_left", **p),
+        _varlen(op, "varlen-empty-keys", "a sequence with queries and no keys: out 0, lse -inf", [0, 2, 6], [0, 0, 7],
+                **p),
+        _varlen(op, "varlen-sinks", "packed sequences with sinks", [0, 4, 9], [0, 6, 9], sinks=True, **p),
+        _varlen(op, "varlen-mqa", "packed sequences, 6 query heads on 1 kv head", [0, 7, 9, 16], [0, 3, 13, 20],
+                Hq=6, Hkv=1, **p),
+        _varlen(op, "varlen-long", "4 packed sequences of up to 150 tokens", [0, 150, 151, 260, 300],
+                [0, 150, 180, 289, 429], Hq=2, Hkv=1, D=16, **p),
+    ]
+    # fmt: on
+
+
+def _varlen_errors(op: str) -> list[Case]:
+    base = _varlen(op, "error-varlen-base", "", [0, 3, 5], [0, 4, 6], **TYPICAL_PATTERN[op])
+    # fmt: off
+    return [
+        _broken(base, "varlen-only-q", "cu_seqlens_q without cu_seqlens_k", cu_seqlens_k=None),
+        _broken(base, "varlen-not-from-0", "offsets starting at 1", cu_seqlens_q=np.array([1, 3, 5])),
+        _broken(base, "varlen-decreasing", "decreasing offsets", cu_seqlens_k=np.array([0, 7, 6])),
+        _broken(base, "varlen-wrong-total", "offsets not ending at the packed length",
+                cu_seqlens_k=np.array([0, 4, 5])),
+        _broken(base, "varlen-with-kv-lengths", "kv_lengths with packed sequences", kv_lengths=np.array([1, 1])),
     ]
     # fmt: on
 
@@ -532,6 +593,8 @@ def _global_cases() -> list[Case]:
         _mha(op, "full-lq-ne-lk", "no pattern, Lq != Lk", Dims(Lq=3, Lk=7)),
         _mha(op, "full-kv-lengths", "no pattern with kv_lengths", Dims(Lq=3, Lk=7), kv_lengths=np.array([7, 2])),
         _mha(op, "decode", "one query against a KV cache, causal", Dims(Lq=1, Lk=9), causal=True),
+        _mha(op, "nearly-tied", "scores near 10 within a float16 rounding of each other: ill-conditioned in 16 bits",
+             Dims(B=1, Hq=2, Hkv=1, Lq=4, Lk=24, D=8, Dv=4), extra=_nearly_tied),
         _mha(op, "long-flat", "4096 keys of nearly equal weight: a 16-bit running sum of the weights stalls",
              Dims(B=1, Hq=1, Hkv=1, Lq=2, Lk=4096, D=8, Dv=4), magnitude=0.05),
         *_alignment_cases(op, {"causal": True}),
@@ -880,7 +943,7 @@ def _luong_errors() -> list[Case]:
 def error_cases(op: str) -> list[Case]:
     """The invalid-input cases of ``op`` (ids start with ``error-``)."""
     if op in MULTIHEAD_OPS:
-        return _multihead_errors(op)
+        return _multihead_errors(op) + _varlen_errors(op)
     if op in GRADIENT_OF:
         from attnref.conformance.gradients import gradient_error_cases
 

@@ -33,11 +33,10 @@ import torch.nn.functional as F
 
 from attnref.patterns import Pattern
 from attnref.validation import AttentionArgs
-from attnref_torch import _plan
+from attnref_torch import _numerics, _plan, _sdpa
 from attnref_torch._blocked import values_put_back
-from attnref_torch._numerics import compute_dtype, finite_part
-from attnref_torch._plan import Block, Group, as5d, block_rows, groups, indices, plan
-from attnref_torch._sdpa import HAS_ENABLE_GQA
+from attnref_torch._numerics import finite_part, known_finite
+from attnref_torch._plan import Block, Group, as5d, block_rows, cut_tiles, groups, indices, plan
 
 __all__ = ["banded_applies", "banded_attention"]
 
@@ -61,15 +60,9 @@ def banded_applies(
     Reads the values (whether ``q``, ``k``, ``bias``, and with a mask ``v``,
     are finite) only on the CPU, where that waits for no device.
     """
-    if q.device.type != "cpu" or return_lse or args.softcap is not None or requires_grad:
+    if not _numerics.reads_values_on(q.device) or return_lse or args.softcap is not None or requires_grad:
         return False
-    return _all_finite(q, k, bias, v if mask is not None else None)
-
-
-def _all_finite(*tensors: torch.Tensor | None) -> bool:
-    """Whether every element is finite: the sums are, one host read for all (CPU tensors only)."""
-    sums = [t.sum(dtype=compute_dtype(t.dtype)).to(torch.float64) for t in tensors if t is not None]
-    return bool(torch.stack(sums).isfinite().all())
+    return known_finite(q, k, bias, v if mask is not None else None)
 
 
 def banded_attention(
@@ -158,7 +151,9 @@ class _Runner:
         no key stay 0)."""
         a = self.args
         heads = a.q_heads if (self.mask5 is not None or self.bias5 is not None) else 1
-        for (rows, width), blocks in plan(self.pattern, group, block_rows(self.q.device), _plan.MAX_MERGED_ROWS):
+        for (rows, width), blocks in plan(
+            self.pattern, group, block_rows(self.q.device), _plan.MAX_MERGED_ROWS, _plan.KEY_TILE
+        ):
             step = max(1, STEP_MASK_ELEMENTS // (heads * rows * width))
             for start in range(0, len(blocks), step):
                 chunk = blocks[start : start + step]
@@ -178,9 +173,9 @@ class _Runner:
         row_index, key_index = indices(tuple(blocks), rows, width, device)  # (n, rows), (n, width)
         q, k, v = self._operands(b, blocks, rows, width, row_index, key_index)
         attn_mask, dead = self._attn_mask(b, group, blocks, row_index, key_index)
-        if a.group > 1 and not HAS_ENABLE_GQA:
+        if a.group > 1 and not _sdpa.HAS_ENABLE_GQA:
             k, v = k.repeat_interleave(a.group, 1), v.repeat_interleave(a.group, 1)
-        gqa = {"enable_gqa": True} if a.group > 1 and HAS_ENABLE_GQA else {}
+        gqa = {"enable_gqa": True} if a.group > 1 and _sdpa.HAS_ENABLE_GQA else {}
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=a.scale, **gqa)  # (n, Hq, rows, Dv)
         if dead is not None:
             out = torch.where(dead, torch.zeros((), dtype=out.dtype, device=device), out)
@@ -195,7 +190,7 @@ class _Runner:
         if self.mask5 is None:
             return self._pattern_mask(b, group, blocks, row_index, key_index)
         allowed = self._gather(self.mask5, b, row_index, key_index)
-        if not all(self._full(group, blk, blk.lo, blk.hi) for blk in blocks):
+        if any(blk.cut for blk in blocks):
             allowed = allowed & self.pattern.allows(self._positions(group, row_index), key_index[:, None, None, :])
         dead = ~allowed.any(-1, keepdim=True)
         allowed = allowed | dead
@@ -228,13 +223,10 @@ class _Runner:
         n, rows, width = row_index.shape[0], row_index.shape[1], key_index.shape[1]
         bias = None if self.bias5 is None else self._gather(self.bias5, b, row_index, key_index)
         mask = None
-        some_full = False
+        cut = cut_tiles(tuple(blocks))
+        some_full = len(cut) < -(-width // _plan.KEY_TILE)  # a tile every block sees whole
         seen = None  # rows with an allowed key in a cut tile
-        for t0 in range(0, width, _plan.KEY_TILE):
-            t1 = min(t0 + _plan.KEY_TILE, width)
-            if all(self._full(group, blk, blk.lo + t0, blk.lo + t1) for blk in blocks):
-                some_full = True
-                continue
+        for t0, t1 in cut:
             if mask is None:
                 mask = bias.clone() if bias is not None else self.q.new_zeros((n, 1, rows, width))
             allowed = self.pattern.allows(self._positions(group, row_index), key_index[:, None, None, t0:t1])
@@ -253,9 +245,6 @@ class _Runner:
     def _positions(self, group: Group, row_index: torch.Tensor) -> torch.Tensor:
         """Aligned positions of the blocks' rows, ``(n, 1, rows, 1)``."""
         return (row_index + group.offset)[:, None, :, None]
-
-    def _full(self, group: Group, blk: Block, j_first: int, j_stop: int) -> bool:
-        return self.pattern.block_is_full(blk.r0 + group.offset, blk.r1 - 1 + group.offset, j_first, j_stop - 1)
 
     def _operands(
         self, b: int, blocks: list[Block], rows: int, width: int, row_index: torch.Tensor, key_index: torch.Tensor

@@ -22,13 +22,14 @@ attention folds the query heads of a kv head into the rows of one product.
 Forward, per step (``s`` the block's scores, disallowed keys set to ``-inf``)::
 
     s   = softcap * tanh(scale * q k^T / softcap) + bias      (softcap, bias optional)
-    P, lse = softmax over the row (attnref_torch._numerics.softmax_rows)
+    P, lse = softmax over the row (attnref_torch._numerics.softmax_rows; its shift m and sum z kept)
     out = P @ finite_part(v)
 
 and after all steps the non-finite values of allowed keys are put back
 (:func:`attnref_torch._numerics.put_back`), rows with lse ``-inf`` set to 0.
 
-Backward (FlashAttention-2's, recomputing ``P = exp(s - lse)`` per block)::
+Backward (FlashAttention-2's, recomputing ``P = exp(s - m) / z`` per block: the forward's
+very roundings, where ``exp(s - lse)`` would be off by ``|s| * eps`` for large logits)::
 
     dV += P^T dout            dP = dout V^T        delta_i = dout_i . out_i
     dS  = P * (dP - delta + dlse)       (0 at disallowed keys: selected, not multiplied)
@@ -60,6 +61,7 @@ from attnref_torch import _plan
 from attnref_torch._numerics import (
     compute_dtype,
     finite_part,
+    known_finite,
     mask_counts,
     nan_where_counted,
     nonfinite_codes,
@@ -67,7 +69,7 @@ from attnref_torch._numerics import (
     range_counts,
     softmax_rows,
 )
-from attnref_torch._plan import Block, Group, as5d, block_rows, groups, indices, plan, ranges
+from attnref_torch._plan import Block, Group, as5d, block_rows, cut_tiles, groups, indices, plan, ranges
 
 __all__ = ["blocked_attention", "block_rows", "values_put_back"]
 
@@ -85,6 +87,8 @@ def values_put_back(
     Without ``lse`` the caller's rows with no allowed key must be 0 already (their
     ranges are empty, so nothing is put back there).
     """
+    if known_finite(v):  # on the CPU only: nothing to put back
+        return out if lse is None else torch.where((lse == float("-inf"))[..., None], 0.0, out).to(out.dtype)
     a = args
     lo, hi = ranges(pattern, groups(a), a.q_len, False, v.device)
     counts = range_counts(nonfinite_codes(v), lo, hi)  # (B, Hkv, Lq, Dv)
@@ -124,20 +128,20 @@ class BlockedFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, q, k, v, bias, mask, pattern, args):  # type: ignore[override]
-        out, lse = _Run(q, k, v, bias, mask, pattern, args).forward()
+        out, lse, mz = _Run(q, k, v, bias, mask, pattern, args).forward()
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(q, k, v, bias, mask, out, lse)
+        ctx.save_for_backward(q, k, v, bias, mask, out, lse, mz)
         ctx.pattern, ctx.args = pattern, args
         return out, lse
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, dout, dlse):  # type: ignore[override]
-        q, k, v, bias, mask, out, lse = ctx.saved_tensors
+        q, k, v, bias, mask, out, lse, mz = ctx.saved_tensors
         if dout is None and dlse is None:
             return None, None, None, None, None, None, None
         run = _Run(q, k, v, bias, mask, ctx.pattern, ctx.args)
-        dq, dk, dv, dbias = run.backward(out, lse, dout, dlse, bias_grad=ctx.needs_input_grad[3])
+        dq, dk, dv, dbias = run.backward(out, lse, mz, dout, dlse, bias_grad=ctx.needs_input_grad[3])
         return dq, dk, dv, dbias, None, None, None
 
 
@@ -164,7 +168,7 @@ class _Run:
         for group in self.groups:
             b = group.stop - group.first
             max_rows = max(per_row, min(_plan.MAX_MERGED_ROWS, budget // (b * a.q_heads * max(group.kv_len, 1))))
-            for (rows, width), blocks in plan(self.pattern, group, per_row, max_rows):
+            for (rows, width), blocks in plan(self.pattern, group, per_row, max_rows, _plan.KEY_TILE):
                 step = max(1, budget // (b * a.q_heads * rows * width))
                 for start in range(0, len(blocks), step):
                     chunk = blocks[start : start + step]
@@ -223,11 +227,9 @@ class _Run:
         if self.bias5 is not None:
             s6.add_(self._gather(self.bias5, bs, row_index, key_index))
         positions = (row_index + group.offset)[:, None, :, None]  # (n, 1, rows, 1)
-        tiles = []
-        for t0 in range(0, width, _plan.KEY_TILE):
-            t1 = min(t0 + _plan.KEY_TILE, width)
-            if not all(self._full(group, blk, blk.lo + t0, blk.lo + t1) for blk in blocks):
-                tiles.append((t0, t1, self.pattern.allows(positions, key_index[:, None, None, t0:t1])))
+        tiles = [
+            (t0, t1, self.pattern.allows(positions, key_index[:, None, None, t0:t1])) for t0, t1 in cut_tiles(blocks)
+        ]
         allowed = None
         if self.mask5 is not None:
             allowed = self._gather(self.mask5, bs, row_index, key_index)
@@ -245,9 +247,6 @@ class _Run:
         for t0, t1, ok in tiles:
             t6[..., t0:t1].masked_fill_(~ok, value)
 
-    def _full(self, group: Group, blk: Block, j_first: int, j_stop: int) -> bool:
-        return self.pattern.block_is_full(blk.r0 + group.offset, blk.r1 - 1 + group.offset, j_first, j_stop - 1)
-
     @staticmethod
     def _gather(t5: torch.Tensor, bs: slice, row_index: torch.Tensor, key_index: torch.Tensor) -> torch.Tensor:
         """Entries of a broadcastable ``(B', Hkv', G', Lq', Lk')`` tensor at the blocks'
@@ -263,11 +262,14 @@ class _Run:
 
     # -- forward -----------------------------------------------------------------------
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``out (B, Hq, Lq, Dv)`` and ``lse (B, Hq, Lq)``."""
+        """``out (B, Hq, Lq, Dv)``, ``lse (B, Hq, Lq)`` and the softmax's shift and sum
+        ``mz (B, Hkv, G, Lq, 2)``."""
         a = self.args
         shape = (a.batch, a.kv_heads, a.group, a.q_len)
         out5 = self.q5s.new_zeros((*shape, a.value_dim))
         lse5 = self.q5s.new_full((*shape, 1), float("-inf"))
+        mz5 = self.q5s.new_zeros((*shape, 2))
+        mz5[..., 1] = 1  # rows that see no key: P = exp(-inf - 0) / 1 = 0
         counts5 = None
         if self.mask5 is not None:
             counts5 = torch.zeros((*shape, a.value_dim), dtype=torch.int64, device=self.device)
@@ -276,25 +278,31 @@ class _Run:
             bs = group.batches
             n = row_index.shape[0]
             s, _, _, allowed = self.scores(group, blocks, row_index, key_index)
-            P, lse = softmax_rows(s, inplace=True)
-            v_band = self.band(self.v, bs, key_index)
+            P, lse, mz = softmax_rows(s, inplace=True)
             self.put_rows(out5, bs, row_index, torch.matmul(P, self.band(v0, bs, key_index)))
             self.put_rows(lse5, bs, row_index, lse[..., None])
+            self.put_rows(mz5, bs, row_index, mz)
             if allowed is not None:
                 flat = allowed.reshape(allowed.shape[0], a.kv_heads, n, -1, allowed.shape[-1])
-                self.put_rows(counts5, bs, row_index, mask_counts(flat, v_band))
+                self.put_rows(counts5, bs, row_index, mask_counts(flat, self.band(self.v, bs, key_index)))
         lse = lse5.reshape(a.batch, a.q_heads, a.q_len)
         out = out5.reshape(a.batch, a.q_heads, a.q_len, a.value_dim)
         if counts5 is not None:
             out = put_back(out, counts5.reshape(out.shape))
-            return torch.where((lse == float("-inf"))[..., None], 0.0, out).to(out.dtype), lse
-        return values_put_back(out, lse, self.v, self.pattern, self.args), lse
+            return torch.where((lse == float("-inf"))[..., None], 0.0, out).to(out.dtype), lse, mz5
+        return values_put_back(out, lse, self.v, self.pattern, self.args), lse, mz5
 
     # -- backward ----------------------------------------------------------------------
     def backward(
-        self, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor | None, dlse: torch.Tensor | None, *,
+        self,
+        out: torch.Tensor,
+        lse: torch.Tensor,
+        mz5: torch.Tensor,
+        dout: torch.Tensor | None,
+        dlse: torch.Tensor | None,
+        *,
         bias_grad: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(dq, dk, dv, dbias)`` for upstream ``dout`` and ``dlse`` (None = 0)."""
         a = self.args
         shape = (a.batch, a.kv_heads, a.group, a.q_len)
@@ -307,7 +315,6 @@ class _Run:
         row_terms = -(dout5 * out5).sum(-1)  # -delta_i + dlse_i
         if dlse is not None:
             row_terms = row_terms + torch.where(live, dlse.reshape(shape), 0.0)
-        lse_b = lse5.masked_fill(~live, 0.0)  # rows of -inf scores only: exp(-inf - 0) = 0
         k0, v0, qs0 = finite_part(self.k), finite_part(self.v), finite_part(self.q5s)
         dq5 = torch.zeros_like(self.q5s)
         dk, dv = torch.zeros_like(self.k), torch.zeros_like(self.v)
@@ -319,7 +326,8 @@ class _Run:
             bs = group.batches
             n = row_index.shape[0]
             s, tanh, tiles, allowed = self.scores(group, blocks, row_index, key_index)
-            P = s.sub_(self.rows_of(lse_b[..., None], bs, row_index)).exp_()
+            mz = self.rows_of(mz5, bs, row_index)
+            P = s.sub_(mz[..., :1]).exp_().div_(mz[..., 1:])
             self.fill(self.six(P, n), tiles, allowed, 0.0)  # NaN rows: exp(-inf - nan) is nan
             do0 = self.rows_of(dout0, bs, row_index)
             self.add_band(dv, bs, key_index, torch.matmul(P.transpose(-1, -2), do0))
@@ -337,14 +345,18 @@ class _Run:
                 self.put_rows(dq_counts, bs, row_index, mask_counts(flat, self.band(self.k, bs, key_index)))
                 rows5 = self.rows_of(dout5, bs, row_index)
                 self.add_band(dv_counts, bs, key_index, mask_counts(flat.transpose(-1, -2), rows5))
-        if not masked:
+        if not masked and not known_finite(self.k):
             lo, hi = ranges(self.pattern, self.groups, a.q_len, False, self.device)
             dq_counts = range_counts((~torch.isfinite(self.k)).to(torch.int64), lo, hi)[:, :, None]
+        if not masked and not known_finite(dout5):
             lo, hi = ranges(self.pattern, self.groups, a.kv_len, True, self.device)
             codes = nonfinite_codes(dout5).reshape(a.batch, a.q_heads, a.q_len, a.value_dim)
             dv_counts = range_counts(codes, lo, hi).reshape(a.batch, a.kv_heads, a.group, a.kv_len, -1).sum(2)
-        dq5 = torch.where(live[..., None], nan_where_counted(dq5, dq_counts), 0.0).to(dq5.dtype) * a.scale
-        dv = put_back(dv, dv_counts)
+        if dq_counts is not None:
+            dq5 = nan_where_counted(dq5, dq_counts)
+        dq5 = torch.where(live[..., None], dq5, 0.0).to(dq5.dtype) * a.scale
+        if dv_counts is not None:
+            dv = put_back(dv, dv_counts)
         dbias = None if dbias5 is None else dbias5.reshape(self.bias_shape)
         return dq5.reshape(a.batch, a.q_heads, a.q_len, a.head_dim), dk, dv, dbias
 

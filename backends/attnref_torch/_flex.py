@@ -38,7 +38,7 @@ from attnref.validation import AttentionArgs
 from attnref_torch._blocked import values_put_back
 from attnref_torch._numerics import finite_part
 
-__all__ = ["BLOCK", "MIN_SCORES", "MAX_VARIANTS", "flex_applies", "flex_attention", "block_mask", "reset"]
+__all__ = ["available", "BLOCK", "MIN_SCORES", "MAX_VARIANTS", "flex_applies", "flex_attention", "block_mask", "reset"]
 
 #: FlexAttention's block size (rows and keys).
 BLOCK = 128
@@ -50,6 +50,8 @@ def flex_applies(q: torch.Tensor, args: AttentionArgs, *, bias: Any, mask: Any, 
     """Whether compiled FlexAttention computes exactly attnref's answer for this call (metadata only)."""
     if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return False
+    if not available():
+        return False
     if bias is not None or mask is not None or args.softcap is not None or requires_grad:
         return False
     if args.kv_lengths is not None or args.q_lengths is not None:
@@ -58,6 +60,15 @@ def flex_applies(q: torch.Tensor, args: AttentionArgs, *, bias: Any, mask: Any, 
     if args.value_dim != d or d < 16 or d > 256 or d & (d - 1):
         return False
     return args.q_len * args.kv_len >= MIN_SCORES
+
+
+def available() -> bool:
+    """Whether this torch has FlexAttention (2.5 and later)."""
+    try:
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 #: Most compiled variants (dtype, shapes, pattern, offset, ...) this module asks for. Dynamo

@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "reads_values_on",
+    "known_finite",
     "compute_dtype",
     "softmax_rows",
     "masked_softmax",
@@ -45,15 +47,33 @@ FIELD_BITS = 21
 _FIELD = (1 << FIELD_BITS) - 1
 
 
+def reads_values_on(device: torch.device) -> bool:
+    """Whether the code may read values on the host for ``device``: only on the CPU, where a
+    read waits for no device (elsewhere it is a synchronisation, so nothing reads)."""
+    return device.type == "cpu"
+
+
+def known_finite(*tensors: torch.Tensor | None) -> bool:
+    """True only when every element is finite *and* that may be read here
+    (:func:`reads_values_on`): then the non-finite bookkeeping can be skipped.
+    One host read for all (their sums are finite only if every term is)."""
+    present = [t for t in tensors if t is not None]
+    if not present or not reads_values_on(present[0].device):
+        return False
+    sums = [t.sum(dtype=compute_dtype(t.dtype)).to(torch.float64) for t in present]
+    return bool(torch.stack(sums).isfinite().all())
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for the 16-bit dtypes (accumulate as real kernels do), else the dtype itself."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 # -- softmax ------------------------------------------------------------------------
-def softmax_rows(s: torch.Tensor, *, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def softmax_rows(s: torch.Tensor, *, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Softmax over the last axis of scores whose disallowed entries are already ``-inf``.
-    Returns ``(P, lse)``, ``lse`` of shape ``s.shape[:-1]``.
+    Returns ``(P, lse, mz)``: ``lse`` of shape ``s.shape[:-1]``, and ``mz`` the shift and
+    the sum, ``(..., 2)``, from which a backward pass recomputes exactly this ``P``.
 
     ``m = max_j s_ij`` (0 where the row is all ``-inf``), ``P_ij = exp(s_ij - m) / Z_i``,
     ``lse_i = m + log Z_i``. A row of ``-inf`` only (no allowed key, or every
@@ -69,7 +89,7 @@ def softmax_rows(s: torch.Tensor, *, inplace: bool = False) -> tuple[torch.Tenso
     z = e.sum(-1, keepdim=True)
     lse = (m + z.log())[..., 0]
     z = z.masked_fill(dead, 1)
-    return (e.div_(z) if inplace else e / z), lse
+    return (e.div_(z) if inplace else e / z), lse, torch.cat([m, z], -1)
 
 
 def masked_softmax(s: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:

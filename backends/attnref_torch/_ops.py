@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from attnref.dtypes import DTYPE_NAMES, name_of_array, numpy_dtype
-from attnref.errors import invalid_type, invalid_value
+from attnref.errors import UnsupportedError, invalid_type, invalid_value
 from attnref.patterns import Pattern
 from attnref.validation import check_attention, chunk_pattern, full_pattern, window_pattern
 from attnref_torch import _flex, _pooling
@@ -145,6 +145,9 @@ def _attention(
         if isinstance(value, torch.Tensor):
             _dense(name, value)
     args = check_attention(q, k, v, **options)
+    for feature in ("sinks", "cu_seqlens_q"):  # validated above; not implemented on this backend yet
+        if options.get(feature) is not None:
+            raise UnsupportedError(feature, "not implemented by the torch backend yet")
     t = as_tensors({"q": q, "k": k, "v": v, "bias": options["bias"], "mask": options["mask"]}, first="q")
     q, k, v, bias, mask = t["q"], t["k"], t["v"], t["bias"], t["mask"]
     if isinstance(bias, torch.Tensor):  # (B, Hq, Lq, Lk) up to broadcasting; autograd keeps dbias's own shape

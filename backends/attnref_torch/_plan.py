@@ -30,6 +30,7 @@ __all__ = [
     "Block",
     "groups",
     "plan",
+    "cut_tiles",
     "indices",
     "block_rows",
     "ranges",
@@ -63,12 +64,14 @@ class Group:
 
 @dataclass(frozen=True)
 class Block:
-    """Query rows ``r0:r1`` of a group and the band ``lo:hi`` of keys they may see."""
+    """Query rows ``r0:r1`` of a group, the band ``lo:hi`` of keys they may see, and the
+    tiles of the band the pattern cuts, as ``(start, stop)`` relative to ``lo``."""
 
     r0: int
     r1: int
     lo: int
     hi: int
+    cut: tuple[tuple[int, int], ...]
 
 
 def groups(args: AttentionArgs) -> tuple[Group, ...]:
@@ -82,29 +85,32 @@ def groups(args: AttentionArgs) -> tuple[Group, ...]:
 
 @functools.lru_cache(maxsize=64)
 def plan(
-    pattern: Pattern, group: Group, rows: int, max_rows: int
+    pattern: Pattern, group: Group, rows: int, max_rows: int, key_tile: int
 ) -> tuple[tuple[tuple[int, int], tuple[Block, ...]], ...]:
-    """Blocks by shape: ``((rows, band width), blocks)``; rows that see no key are in none.
+    """Blocks by shape: ``((rows, band width), blocks)``, from
+    :meth:`attnref.patterns.Pattern.plan_blocks`; rows that see no key are in none.
 
     Consecutive blocks with the same band are merged (up to ``max_rows`` rows):
     the band is shared, so one larger block does the same work in larger tiles
     (all the blocks of a chunk, for example). Cached: calls of one shape plan once.
     """
-    blocks: list[Block] = []
-    for r0 in range(0, group.q_len, rows):
-        r1 = min(r0 + rows, group.q_len)
-        lo, hi = pattern.key_range(r0 + group.offset, r1 - 1 + group.offset, group.kv_len)
-        if lo >= hi:
-            continue
-        last = blocks[-1] if blocks else None
-        if last is not None and (last.r1, last.lo, last.hi) == (r0, lo, hi) and r1 - last.r0 <= max_rows:
-            blocks[-1] = Block(last.r0, r1, lo, hi)
-        else:
-            blocks.append(Block(r0, r1, lo, hi))
     buckets: dict[tuple[int, int], list[Block]] = defaultdict(list)
-    for blk in blocks:
+    planned = pattern.plan_blocks(
+        group.q_len, group.kv_len, offset=group.offset, block_rows=rows, key_tile=key_tile, merge_rows=max_rows
+    )
+    for qb in planned:
+        if qb.empty:
+            continue
+        cut = tuple((t.start - qb.key_start, t.stop - qb.key_start) for t in qb.tiles if not t.full)
+        blk = Block(qb.start, qb.stop, qb.key_start, qb.key_stop, cut)
         buckets[(blk.r1 - blk.r0, blk.hi - blk.lo)].append(blk)
     return tuple((shape, tuple(b)) for shape, b in buckets.items())
+
+
+def cut_tiles(blocks: tuple[Block, ...]) -> list[tuple[int, int]]:
+    """The tiles (relative to each band's start) that the pattern cuts in any of ``blocks``
+    (blocks of one shape: their tiles line up)."""
+    return sorted({tile for blk in blocks for tile in blk.cut})
 
 
 @functools.lru_cache(maxsize=256)

@@ -58,7 +58,7 @@ def sdpa_attention(
     attn_mask = None if bias is None else bias.to(q.dtype)
     if args.group == 1:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=args.scale)
-    if HAS_ENABLE_GQA:
+    if HAS_ENABLE_GQA:  # read at call time, so that a test can force the fallback
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=args.scale, enable_gqa=True)
     k, v = k.repeat_interleave(args.group, 1), v.repeat_interleave(args.group, 1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=args.scale)

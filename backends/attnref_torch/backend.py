@@ -22,7 +22,7 @@ from importlib import metadata
 from typing import Any
 
 import attnref
-from attnref.backend import FORWARD_OPS
+from attnref.backend import OPS
 from attnref.dtypes import DTYPE_NAMES
 
 __all__ = ["DEVICE_VARIABLE", "FLEX_VARIABLE", "TorchBackend"]
@@ -64,7 +64,7 @@ class TorchBackend:
     """
 
     name = "torch"
-    ops = frozenset(FORWARD_OPS)  # the *_vjp ops join once their signatures equal the reference's
+    ops = frozenset(OPS)
     dtypes = frozenset(DTYPE_NAMES)
 
     def __init__(self, device: Any = None, flex: bool | None = None):
@@ -116,11 +116,15 @@ class TorchBackend:
         q_lengths: Any = None,
         align: str = "bottom_right",
         return_lse: bool = False,
+        sinks: Any = None,
+        cu_seqlens_q: Any = None,
+        cu_seqlens_k: Any = None,
     ) -> Any:
         """:func:`attnref.reference.global_attention` on tensors (SDPA where exact, else blocked)."""
         return _ops_module().global_attention(
             q, k, v, causal=causal, scale=scale, softcap=softcap, bias=bias, mask=mask,
             kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
+            sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     def local_attention(
@@ -138,11 +142,15 @@ class TorchBackend:
         q_lengths: Any = None,
         align: str = "bottom_right",
         return_lse: bool = False,
+        sinks: Any = None,
+        cu_seqlens_q: Any = None,
+        cu_seqlens_k: Any = None,
     ) -> Any:
         """:func:`attnref.reference.local_attention` on tensors, in O(L x window)."""
         return _ops_module().local_attention(
             q, k, v, window=window, scale=scale, softcap=softcap, bias=bias, mask=mask,
-            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse, flex=self.flex,
+            kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
+            sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, flex=self.flex,
         )  # fmt: skip
 
     def chunked_attention(
@@ -161,11 +169,15 @@ class TorchBackend:
         q_lengths: Any = None,
         align: str = "bottom_right",
         return_lse: bool = False,
+        sinks: Any = None,
+        cu_seqlens_q: Any = None,
+        cu_seqlens_k: Any = None,
     ) -> Any:
         """:func:`attnref.reference.chunked_attention` on tensors, in O(L x chunk_size)."""
         return _ops_module().chunked_attention(
             q, k, v, chunk_size=chunk_size, causal=causal, scale=scale, softcap=softcap, bias=bias,
             mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align, return_lse=return_lse,
+            sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
             flex=self.flex,
         )  # fmt: skip
 
@@ -186,11 +198,15 @@ class TorchBackend:
         kv_lengths: Any = None,
         q_lengths: Any = None,
         align: str = "bottom_right",
+        sinks: Any = None,
+        cu_seqlens_q: Any = None,
+        cu_seqlens_k: Any = None,
     ) -> tuple[Any, ...]:
         """:func:`attnref.reference.global_attention_vjp` on tensors: ``(dq, dk, dv[, dbias])``."""
         return _ops_module().attention_vjp(
             self.global_attention, q, k, v, dout, dlse=dlse, causal=causal,
             scale=scale, softcap=softcap, bias=bias, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+            sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     def local_attention_vjp(
@@ -209,11 +225,15 @@ class TorchBackend:
         kv_lengths: Any = None,
         q_lengths: Any = None,
         align: str = "bottom_right",
+        sinks: Any = None,
+        cu_seqlens_q: Any = None,
+        cu_seqlens_k: Any = None,
     ) -> tuple[Any, ...]:
         """:func:`attnref.reference.local_attention_vjp` on tensors: ``(dq, dk, dv[, dbias])``."""
         return _ops_module().attention_vjp(
             self.local_attention, q, k, v, dout, dlse=dlse, window=window,
             scale=scale, softcap=softcap, bias=bias, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+            sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     def chunked_attention_vjp(
@@ -233,11 +253,15 @@ class TorchBackend:
         kv_lengths: Any = None,
         q_lengths: Any = None,
         align: str = "bottom_right",
+        sinks: Any = None,
+        cu_seqlens_q: Any = None,
+        cu_seqlens_k: Any = None,
     ) -> tuple[Any, ...]:
         """:func:`attnref.reference.chunked_attention_vjp` on tensors: ``(dq, dk, dv[, dbias])``."""
         return _ops_module().attention_vjp(
             self.chunked_attention, q, k, v, dout, dlse=dlse, chunk_size=chunk_size, causal=causal,
             scale=scale, softcap=softcap, bias=bias, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+            sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
 
     # -- attention pooling ------------------------------------------------

@@ -226,6 +226,15 @@ BUGS: dict[str, Bug] = {
         "neg-inf-part",
     ),
     "merge-empty-nan": Bug("every part empty: 0 / 0 = NaN output", "merge_attention_states", "float64", "all-neg-inf"),
+    "varlen-offset-off-by-one": Bug(
+        "sequence b's keys read from cu_seqlens_k[b] + 1", "chunked_attention", "float64", "varlen"
+    ),
+    "varlen-alignment-packed": Bug(
+        "bottom-right alignment taken over the packed totals, not per sequence",
+        "global_attention",
+        "float64",
+        "varlen",
+    ),
     # memory layouts (issue 10 item 5)
     "strides-ignored": Bug(
         "reads memory in storage order as if C-contiguous (ignores strides)",
@@ -337,8 +346,14 @@ class ToyBackend:
         align: Any = "bottom_right",
         return_lse: Any = False,
         sinks: Any = None,
+        cu_seqlens_q: Any = None,
+        cu_seqlens_k: Any = None,
         chunk: bool = False,
     ) -> Any:
+        if cu_seqlens_q is not None or cu_seqlens_k is not None:
+            return self._varlen(q, k, v, make_pattern, cu_seqlens_q, cu_seqlens_k, scale=scale, softcap=softcap,
+                                bias=bias, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
+                                return_lse=return_lse, sinks=sinks, chunk=chunk)  # fmt: skip
         given = {"bias": bias, "softcap": softcap, "mask": mask, "kv_lengths": kv_lengths, "q_lengths": q_lengths}
         for feature in sorted(self.lacks):
             if given.get(feature) is not None:
@@ -440,6 +455,41 @@ class ToyBackend:
             strides = (*x.strides[:-1], x.itemsize)
             return np.lib.stride_tricks.as_strided(x, x.shape, strides, writeable=False).copy()
         return x
+
+    def _varlen(self, q: Any, k: Any, v: Any, make_pattern: Callable[[], Pattern], cu_q: Any, cu_k: Any,
+                **options: Any) -> Any:  # fmt: skip
+        """Packed sequences: the dense op on each sequence alone."""
+        return_lse = options.pop("return_lse")
+        chunk = options.pop("chunk")
+        a = check_attention(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, return_lse=return_lse, **options)
+        cq, ck = a.cu_seqlens_q, a.cu_seqlens_k
+        Tq, Hq = q.shape[0], q.shape[1]
+        dense = {name: options[name] for name in ("scale", "softcap", "align", "sinks")}
+        if "varlen-alignment-packed" in self.bugs:  # one packed sequence, block-diagonal, positions over the totals
+            seq_q = np.searchsorted(cq, np.arange(Tq), side="right")
+            seq_k = np.searchsorted(ck, np.arange(k.shape[0]), side="right")
+            mask = seq_q[:, None] == seq_k[None, :]
+            qd, kd, vd = (x.transpose(1, 0, 2)[None] for x in (q, k, v))
+            out, lse = self._multihead(qd, kd, vd, make_pattern, mask=mask, return_lse=True, chunk=chunk, **dense)
+            out, lse = out[0].transpose(1, 0, 2), lse[0].T
+            return (out, lse) if return_lse else out
+        out = np.zeros((Tq, Hq, v.shape[2]), dtype=q.dtype)
+        lse = np.full((Tq, Hq), -np.inf, dtype=q.dtype if q.dtype.itemsize > 2 else np.float32)
+        shift = 1 if "varlen-offset-off-by-one" in self.bugs else 0
+        for b in range(len(cq) - 1):
+            rows = slice(int(cq[b]), int(cq[b + 1]))
+            keys = slice(min(int(ck[b]) + shift, k.shape[0]), min(int(ck[b + 1]) + shift, k.shape[0]))
+            if rows.stop == rows.start:
+                continue
+            if keys.stop == keys.start:  # queries with no key: out 0, lse = the sink (or -inf)
+                if a.sinks is not None:
+                    lse[rows] = a.sinks.astype(lse.dtype)
+                continue
+            o, l_ = self._multihead(q[rows].transpose(1, 0, 2)[None], k[keys].transpose(1, 0, 2)[None],
+                                    v[keys].transpose(1, 0, 2)[None], make_pattern, return_lse=True, chunk=chunk,
+                                    **dense)  # fmt: skip
+            out[rows], lse[rows] = o[0].transpose(1, 0, 2), l_[0].T
+        return (out, lse) if return_lse else out
 
     def _scores(self, q: np.ndarray, k: np.ndarray, scale: float, softcap: Any, bias: Any) -> np.ndarray:
         work = q.dtype
@@ -783,6 +833,50 @@ def _softmax(e: np.ndarray, allowed: np.ndarray, work: np.dtype) -> np.ndarray:
         p = np.where(allowed, np.exp(masked - m), 0)
         total = p.sum(axis=-1, keepdims=True)
         return np.where(total > 0, p / np.where(total > 0, total, 1), 0).astype(work)
+
+
+class RoundedScoresBackend:
+    """A legitimate float16 kernel in the manner of ONNX Runtime: the scores computed exactly and rounded
+    once to float16, everything after that exact. Not a planted bug: the tolerance must accept it, nearly
+    tied logits included (its sensitivity term moves the scores by one float16 rounding)."""
+
+    name = "rounded-scores"
+    version = "0.0"
+    unavailable_reason = None
+    ops = frozenset({"global_attention"})
+    dtypes = frozenset({"float16"})
+
+    def asarray(self, array: Any) -> np.ndarray:
+        return np.array(array)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def global_attention(self, q: Any, k: Any, v: Any, *, causal: Any = False, return_lse: Any = False,
+                         **options: Any) -> Any:  # fmt: skip
+        import attnref.reference
+
+        a = check_attention(q, k, v, return_lse=return_lse, **options)
+        scale = a.scale
+        group = a.q_heads // a.kv_heads
+        s = scale * np.einsum("bhid,bhjd->bhij", q.astype(np.float64), np.repeat(k.astype(np.float64), group, 1))
+        if options.get("softcap") is not None:
+            s = options["softcap"] * np.tanh(s / options["softcap"])
+        s16 = s.astype(np.float16).astype(np.float64)  # the one rounding
+        # exact math on the rounded scores: the reference with q = identity rows picks them up as a bias
+        bias = s16 if options.get("bias") is None else s16 + np.asarray(options["bias"], np.float64)
+        rest = {name: value for name, value in options.items() if name not in ("bias", "softcap", "scale")}
+        out, lse = attnref.reference.global_attention(
+            np.zeros(q.shape),
+            np.zeros(k.shape),
+            v.astype(np.float64),
+            bias=bias,
+            causal=causal,
+            return_lse=True,
+            **rest,
+        )
+        out = out.astype(q.dtype)
+        return (out, lse.astype(np.float32)) if return_lse else out
 
 
 class _Plugin:

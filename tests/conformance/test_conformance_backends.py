@@ -17,7 +17,7 @@ from attnref.dtypes import DTYPE_NAMES
 from attnref.registry import Registry
 
 #: Known gaps, written down (an entry goes stale, and the test fails, once the backend closes it). The NumPy
-#: backend's missing sinks (issue 11 item 2) are closed.
+#: backend's missing sinks and packed sequences (issue 11 item 2) are closed.
 KNOWN_GAPS: dict[str, list[XfailEntry]] = {}
 
 

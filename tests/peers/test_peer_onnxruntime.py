@@ -154,3 +154,29 @@ def test_group_query_attention_local_window_size_keeps_w_keys_including_the_curr
     assert window_from_size(w) == (w - 1, 0)
     np.testing.assert_allclose(out, reference.local_attention(*_f64(q, k, v), window=window_from_size(w)), atol=1e-5)
     assert not np.allclose(out, reference.local_attention(*_f64(q, k, v), window=(w, 0)), atol=1e-3)
+
+
+def test_float64_a_row_with_no_allowed_key_gives_nan():
+    """float16 and float32 give 0 (above); the float64 kernel does not guard the empty row."""
+    q, k, v = (a.astype(np.float64) for a in _qkv(3, 5))
+    allowed = np.ones((1, 1, 3, 5), dtype=bool)
+    allowed[..., 1, :] = False
+    for mask, kind in ((allowed, TP.BOOL), (np.where(allowed, 0.0, -np.inf), TP.DOUBLE)):
+        (out,) = onnxruntime_run(qkv_model(dtype=TP.DOUBLE, mask=kind), {"Q": q, "K": k, "V": v, "M": mask})
+        assert np.isnan(out[0, 0, 1]).all() and not np.isnan(out[0, 0, [0, 2]]).any()
+
+
+def test_float64_is_exact_only_when_the_scale_and_the_softcap_are_float32_numbers():
+    """ONNX float attributes are float32, and the default scale 1/sqrt(D) is not float64-exact either."""
+    rng = np.random.default_rng(64)
+
+    def error(dim: int, **attributes) -> float:
+        q, k, v = (rng.standard_normal((1, 1, 8, dim)) for _ in range(3))
+        (out,) = onnxruntime_run(qkv_model(dtype=TP.DOUBLE, **attributes), {"Q": q, "K": k, "V": v})
+        options = {"softcap": attributes["softcap"]} if "softcap" in attributes else {}
+        return float(np.abs(out - reference.global_attention(q, k, v, **options)).max())
+
+    assert error(16) < 1e-13  # 1/sqrt(16) = 0.25, a float32 number
+    assert 1e-10 < error(12) < 1e-6  # 1/sqrt(12) is not
+    assert error(16, softcap=3.0) < 1e-13
+    assert 1e-10 < error(16, softcap=3.3) < 1e-6

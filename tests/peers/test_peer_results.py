@@ -26,10 +26,13 @@ def test_the_table_counts_each_status_per_op_and_dtype_and_lists_what_did_not_pa
                   case="nan-x"),
             _case("error", detail="attnref.errors.UnsupportedError: unsupported feature 'sinks'", case="sink"),
             _case("unsupported", dtype="bfloat16", detail="backend does not support bfloat16"),
+            {"op": "luong_attention", "case": "dot", "dtype": "float32", "status": "unsupported",
+             "detail": "backend does not implement luong_attention"},
         ]
     }  # fmt: skip
     text = backend_tables("peer", entry)
     assert "| global_attention | 0 / 0 / 0 / 1 | 0 / 1 / 0 / 0 | 2 / 1 / 0 / 1 | 0 / 0 / 0 / 0 |" in text
     assert "`sinks` (1)" in text
+    assert "luong_attention" not in text  # an op the backend does not implement has no row
     grouped = "| `nan-x` | fail | float16, float32 | out[0, 0, 0, 1] = nan where the reference has 1 (...) |"
     assert "| global_attention " + grouped in text

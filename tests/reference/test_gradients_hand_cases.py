@@ -144,3 +144,14 @@ def test_a_vjp_takes_the_keyword_arguments_of_its_op(op: str) -> None:
     assert sorted(set(vjp) - {"dout", "dlse"}) == sorted(expected)
     for name in expected:
         assert vjp[name].kind == forward[name].kind and vjp[name].default == forward[name].default, name
+
+
+def test_torch_tensors_that_require_grad_are_read_as_arrays() -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    q, k, v, dout = (rng.standard_normal((1, 2, 3, 4)) for _ in range(4))
+    want = ref.local_attention_vjp(q, k, v, dout, window=1)
+    tensors = [torch.tensor(a, requires_grad=True) for a in (q, k, v, dout)]
+    got = ref.local_attention_vjp(*tensors, window=1)
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_array_equal(a, b)

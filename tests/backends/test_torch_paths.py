@@ -1,0 +1,218 @@
+"""The torch backend's dispatch: which path runs when, that the CUDA choice reads no
+value (no device synchronisation), and the fallbacks for older torch versions."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from attnref import reference as R  # noqa: E402
+from attnref.validation import check_attention  # noqa: E402
+from attnref_torch import TorchBackend, _blocked, _flex, _numerics, _ops, _sdpa  # noqa: E402
+
+
+@pytest.fixture
+def cpu():
+    return TorchBackend(device="cpu")
+
+
+def _qkv(rng, B=2, Hq=4, Hkv=2, Lq=13, Lk=17, D=8, dtype=np.float32):
+    return [
+        torch.from_numpy(rng.standard_normal(shape).astype(dtype))
+        for shape in ((B, Hq, Lq, D), (B, Hkv, Lk, D), (B, Hkv, Lk, D))
+    ]
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records the path each multi-head call takes."""
+    taken = []
+    for module, name in ((_ops, "sdpa_attention"), (_ops, "banded_attention"), (_ops, "blocked_attention")):
+        real = getattr(module, name)
+
+        def wrapper(*a, _real=real, _name=name, **kw):
+            taken.append(_name.split("_")[0])
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(module, name, wrapper)
+    return taken
+
+
+def test_sdpa_when_every_row_sees_every_key_and_nothing_else_is_asked(cpu, spy):
+    q, k, v = _qkv(np.random.default_rng(0))
+    cpu.global_attention(q, k, v)
+    cpu.global_attention(q, k, v, bias=torch.zeros(()))
+    cpu.local_attention(q, k, v, window=(None, None))
+    cpu.chunked_attention(q, k, v, chunk_size=1000)
+    k[0, 0, 0, 0] = float("nan")  # the values never decide
+    cpu.global_attention(q, k, v)
+    assert spy == ["sdpa"] * 5
+
+
+def test_banded_on_the_cpu_for_finite_scores_without_softcap_lse_or_gradient(cpu, spy):
+    q, k, v = _qkv(np.random.default_rng(1))
+    cpu.local_attention(q, k, v, window=(3, 2))
+    cpu.chunked_attention(q, k, v, chunk_size=4, causal=True)
+    cpu.global_attention(q, k, v, causal=True)
+    cpu.global_attention(q, k, v, kv_lengths=[3, 17])
+    v[0, 0, 5, 1] = float("inf")  # non-finite values are put back, not a reason to leave the path
+    cpu.local_attention(q, k, v, window=2)
+    assert spy == ["banded"] * 5
+
+
+def test_blocked_for_softcap_lse_gradients_and_non_finite_scores(cpu, spy):
+    q, k, v = _qkv(np.random.default_rng(2))
+    cpu.local_attention(q, k, v, window=2, softcap=3.0)
+    cpu.local_attention(q, k, v, window=2, return_lse=True)
+    cpu.local_attention(q.clone().requires_grad_(), k, v, window=2)
+    cpu.global_attention(q.clone().requires_grad_(), k, v)
+    k[1, 1, 4, 0] = float("nan")
+    cpu.local_attention(q, k, v, window=2)
+    v[1, 0, 0, 0] = float("nan")
+    cpu.local_attention(q, k, v, window=2, mask=torch.ones(13, 17, dtype=torch.bool))  # with a mask v must be finite
+    assert spy == ["blocked"] * 6
+
+
+def test_off_the_cpu_the_banded_path_is_never_asked(monkeypatch, spy, cpu):
+    monkeypatch.setattr(_numerics, "reads_values_on", lambda device: False)  # as on CUDA
+    q, k, v = _qkv(np.random.default_rng(3))
+    cpu.local_attention(q, k, v, window=2)
+    assert spy == ["blocked"]
+
+
+def test_flex_applies_only_on_cuda_when_switched_on_and_without_gradient():
+    q = torch.zeros(1, 1, 4096, 64)
+    args = check_attention(q, q, q)
+    assert not _flex.flex_applies(q, args, bias=None, mask=None, requires_grad=False)  # a CPU tensor
+    meta_cuda = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)
+    assert _flex.flex_applies(meta_cuda, args, bias=None, mask=None, requires_grad=False)
+    assert not _flex.flex_applies(meta_cuda, args, bias=None, mask=None, requires_grad=True)
+    assert not _flex.flex_applies(meta_cuda, args, bias=q, mask=None, requires_grad=False)
+
+
+# -- no host synchronisation ---------------------------------------------------------------
+HOST_READS = ("item", "tolist", "numpy", "cpu", "nonzero", "__bool__", "__int__", "__float__", "__index__")
+
+
+@pytest.fixture
+def no_host_reads(monkeypatch):
+    """Every way of reading a tensor's values on the host raises (on CUDA each one is a device
+    synchronisation), and the path choice behaves as off the CPU."""
+    monkeypatch.setattr(_numerics, "reads_values_on", lambda device: False)
+
+    def forbid(name):
+        def read(self, *args, **kwargs):
+            raise AssertionError(f"host read of a tensor: Tensor.{name}")
+
+        return read
+
+    def install():
+        for name in HOST_READS:
+            monkeypatch.setattr(torch.Tensor, name, forbid(name))
+
+    return install
+
+
+OPS = [
+    ("global_attention", {}),
+    ("global_attention", {"causal": True}),
+    ("global_attention", {"return_lse": True}),
+    ("local_attention", {"window": (3, 0)}),
+    ("local_attention", {"window": (2, 5), "softcap": 2.0, "return_lse": True}),
+    ("chunked_attention", {"chunk_size": 4}),
+    ("chunked_attention", {"chunk_size": 4, "causal": True, "return_lse": True}),
+]
+
+
+@pytest.mark.parametrize(("op", "options"), OPS)
+def test_default_paths_read_no_value_on_the_host(cpu, no_host_reads, op, options):
+    rng = np.random.default_rng(4)
+    q, k, v = _qkv(rng)
+    v[0, 1, 3, 2] = float("nan")
+    bias = torch.from_numpy(rng.standard_normal((13, 17)).astype(np.float32))
+    expected = getattr(R, op)(q.numpy(), k.numpy(), v.numpy(), bias=bias.numpy(), **options)
+    no_host_reads()
+    got = getattr(cpu, op)(q, k, v, bias=bias, **options)
+    torch.Tensor.numpy = _numpy  # restore the one read the comparison needs
+    got = got if isinstance(got, tuple) else (got,)
+    for g, e in zip(got, expected if isinstance(expected, tuple) else (expected,), strict=True):
+        np.testing.assert_allclose(g.numpy(), e, rtol=1e-4, atol=1e-5)
+
+
+_numpy = torch.Tensor.numpy
+
+
+@pytest.mark.parametrize(("op", "options"), [o for o in OPS if "return_lse" not in o[1]])
+def test_the_backward_reads_no_value_on_the_host(cpu, no_host_reads, op, options):
+    rng = np.random.default_rng(5)
+    q, k, v = _qkv(rng)
+    dout = torch.from_numpy(rng.standard_normal((2, 4, 13, 8)).astype(np.float32))
+    dlse = torch.from_numpy(rng.standard_normal((2, 4, 13)).astype(np.float32))
+    no_host_reads()
+    grads = getattr(cpu, op + "_vjp")(q, k, v, dout, dlse=dlse, **options)
+    assert [g.shape for g in grads] == [q.shape, k.shape, v.shape]
+
+
+def test_pooling_reads_no_value_on_the_host(cpu, no_host_reads):
+    rng = np.random.default_rng(6)
+    x = torch.from_numpy(rng.standard_normal((2, 9, 4)).astype(np.float32))
+    w = torch.from_numpy(rng.standard_normal((4, 3)).astype(np.float32))
+    b = torch.from_numpy(rng.standard_normal(3).astype(np.float32))
+    x[0, 2, 1] = float("nan")
+    no_host_reads()
+    cpu.additive_attention(x, w, b, b, window=2)
+    cpu.luong_attention(x, x, mode="local-m", half_width=1)
+
+
+# -- older torch --------------------------------------------------------------------------
+def test_without_enable_gqa_the_kv_heads_are_repeated(cpu, monkeypatch):
+    """torch before 2.5 has no ``enable_gqa=``: forced here, the SDPA and banded paths repeat
+    the kv heads instead, and agree with the reference."""
+    monkeypatch.setattr(_sdpa, "HAS_ENABLE_GQA", False)
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def old_sdpa(q, k, v, **kwargs):
+        assert "enable_gqa" not in kwargs and q.shape[1] == k.shape[1]
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", old_sdpa)
+    q, k, v = _qkv(np.random.default_rng(7), dtype=np.float64)
+    for op, options in (("global_attention", {}), ("local_attention", {"window": 3})):
+        expected = getattr(R, op)(q.numpy(), k.numpy(), v.numpy(), **options)
+        np.testing.assert_allclose(getattr(cpu, op)(q, k, v, **options).numpy(), expected, atol=1e-12)
+
+
+def test_without_aux_request_flex_is_asked_for_its_lse_the_older_way(monkeypatch):
+    flex_module = pytest.importorskip("torch.nn.attention.flex_attention")
+    monkeypatch.delattr(flex_module, "AuxRequest", raising=False)
+    seen = {}
+
+    def old_flex(q, k, v, **kwargs):
+        seen.update(kwargs)
+        return q, q[..., 0]
+
+    q = torch.ones(1, 1, 4, 2)
+    out, _ = _flex._with_lse(old_flex, q, q, q, scale=1.0)
+    assert seen == {"return_lse": True, "scale": 1.0} and out is q
+
+
+def test_blocked_and_banded_agree_on_a_long_window(cpu, monkeypatch):
+    q, k, v = _qkv(np.random.default_rng(8), B=1, Hq=2, Hkv=1, Lq=700, Lk=700, D=16, dtype=np.float64)
+    banded = cpu.local_attention(q, k, v, window=(70, 3))
+    monkeypatch.setattr(_ops, "banded_applies", lambda *a, **kw: False)
+    blocked = cpu.local_attention(q, k, v, window=(70, 3))
+    np.testing.assert_allclose(banded.numpy(), blocked.numpy(), atol=1e-12)
+    assert _blocked.CPU_STEP_ELEMENTS > 0
+
+
+def test_without_flex_attention_the_flex_path_is_never_asked(monkeypatch):
+    """torch before 2.5 has no FlexAttention: with the switch on, a CUDA call stays on the
+    other paths."""
+    monkeypatch.setattr(_flex, "available", lambda: False)
+    meta_cuda = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)
+    q = torch.zeros(1, 1, 4096, 64)
+    assert not _flex.flex_applies(meta_cuda, check_attention(q, q, q), bias=None, mask=None, requires_grad=False)
