@@ -16,14 +16,8 @@ from attnref.conformance.selection import XfailEntry
 from attnref.dtypes import DTYPE_NAMES
 from attnref.registry import Registry
 
-#: Known gaps, written down: the built-in NumPy backend has no ``sinks`` and no packed sequences yet (contract
-#: sections 7 and 8, issue 11 item 2, owned by the backend); an entry goes stale, and the test fails, once it has them.
-KNOWN_GAPS = {
-    "numpy": [
-        XfailEntry("*/sinks*/*", "numpy backend: no sinks yet (issue 11 item 2)", False, 1),
-        XfailEntry("*/*varlen*/*", "numpy backend: no cu_seqlens_q/k yet (issue 11 item 2)", False, 2),
-    ]
-}
+#: Known gaps of built-in backends, written down as xfail entries (an entry that goes stale fails the test).
+KNOWN_GAPS: dict[str, list[XfailEntry]] = {}
 
 
 def test_honest_backends_pass_every_case_in_every_dtype() -> None:
