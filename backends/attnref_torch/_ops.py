@@ -16,25 +16,42 @@ and options (on CUDA never from the values: no device synchronisation):
 * else :mod:`attnref_torch._blocked`, which handles every case, with its own
   backward pass;
 * the pooling ops: :mod:`attnref_torch._pooling`.
+
+Packed sequences (``cu_seqlens_q/k``) and the paged KV cache run each sequence
+alone through that choice (:mod:`attnref_torch._sequences`); sinks join the
+chosen path's ``(out, lse)`` afterwards, in the compute dtype, with their own
+backward (:mod:`attnref_torch._sinks`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
 from attnref.dtypes import DTYPE_NAMES, name_of_array, numpy_dtype
-from attnref.errors import UnsupportedError, invalid_type, invalid_value
+from attnref.errors import invalid_type, invalid_value
 from attnref.patterns import Pattern
-from attnref.validation import check_attention, check_merge, chunk_pattern, full_pattern, window_pattern
+from attnref.validation import (
+    AttentionArgs,
+    check_attention,
+    check_merge,
+    check_paged,
+    chunk_pattern,
+    full_pattern,
+    window_pattern,
+)
 from attnref_torch import _flex, _pooling
 from attnref_torch._banded import banded_applies, banded_attention
 from attnref_torch._blocked import blocked_attention
 from attnref_torch._numerics import compute_dtype
 from attnref_torch._sdpa import sdpa_applies, sdpa_attention
+from attnref_torch._sequences import by_paged_sequence, by_sequence
+from attnref_torch._sinks import row_sinks, with_sinks
 
 __all__ = [
     "resolve_device",
@@ -44,6 +61,7 @@ __all__ = [
     "global_attention",
     "local_attention",
     "chunked_attention",
+    "paged_attention",
     "attention_vjp",
     "merge_attention_states",
     "additive_attention",
@@ -140,22 +158,71 @@ def checkable(value: Any) -> Any:
 def _attention(
     pattern: Pattern, q: Any, k: Any, v: Any, *, flex: bool = False, **options: Any
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Validate, then run ``pattern`` on the fastest exact path."""
+    """Validate, then run ``pattern``: packed sequences one at a time through the dense paths
+    (:mod:`attnref_torch._sequences`), sinks joined to a path's ``(out, lse)`` (:mod:`attnref_torch._sinks`)."""
     q, k, v = checkable(q), checkable(k), checkable(v)
-    for name in ("q", "k", "v", "bias", "mask"):
+    for name in ("q", "k", "v", "bias", "mask", "sinks"):
         value = {"q": q, "k": k, "v": v}.get(name, options.get(name))
         if isinstance(value, torch.Tensor):
             _dense(name, value)
     args = check_attention(q, k, v, **options)
-    for feature in ("sinks", "cu_seqlens_q"):  # validated above; not implemented on this backend yet
-        if options.get(feature) is not None:
-            raise UnsupportedError(feature, "not implemented by the torch backend yet")
-    t = as_tensors({"q": q, "k": k, "v": v, "bias": options["bias"], "mask": options["mask"]}, first="q")
-    q, k, v, bias, mask = t["q"], t["k"], t["v"], t["bias"], t["mask"]
+    named = {"q": q, "k": k, "v": v, "bias": options["bias"], "mask": options["mask"], "sinks": options["sinks"]}
+    t = as_tensors(named, first="q")
+    q, k, v, bias, mask, sinks = t["q"], t["k"], t["v"], t["bias"], t["mask"], t["sinks"]
     if isinstance(bias, torch.Tensor):  # (B, Hq, Lq, Lk) up to broadcasting; autograd keeps dbias's own shape
         bias = bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))
     return_lse = bool(options["return_lse"])
-    grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in (q, k, v, bias))
+    grad = torch.is_grad_enabled() and any(
+        isinstance(x, torch.Tensor) and x.requires_grad for x in (q, k, v, bias, sinks)
+    )
+    if sinks is None and not args.packed:
+        return _dense_path(pattern, q, k, v, args, bias=bias, mask=mask, return_lse=return_lse, grad=grad, flex=flex)
+    dtype = q.dtype
+    if sinks is not None:  # the path's (out, lse) unrounded: the sink joins in the compute dtype
+        dt = compute_dtype(dtype)
+        q, k, v, bias, sinks = (None if x is None else x.to(dt) for x in (q, k, v, bias, sinks))
+    need_lse = return_lse or sinks is not None
+    kernel = partial(_dense_path, pattern, bias=bias, mask=mask, grad=grad, flex=flex)
+    if args.packed:
+        result = by_sequence(q, k, v, args, kernel, return_lse=need_lse)
+    else:
+        result = kernel(q, k, v, replace(args, sinks=None), return_lse=need_lse)
+    return _joined_sinks(result, sinks, _padding(args, q.device), dtype, return_lse)
+
+
+def _joined_sinks(result: Any, sinks: torch.Tensor | None, padding: Any, dtype: torch.dtype, return_lse: bool) -> Any:
+    """A path's result with the sinks joined in (``result`` is then ``(out, lse)``), in ``dtype``."""
+    if sinks is None:
+        return result
+    out, lse = result
+    out, lse = with_sinks(out, lse, row_sinks(sinks, tuple(lse.shape), padding))
+    out = out.to(dtype)
+    return (out, lse.to(dtype)) if return_lse else out
+
+
+def _padding(args: AttentionArgs, device: torch.device) -> torch.Tensor | None:
+    """Padding rows ``i >= q_lengths[b]`` of a dense ``lse (B, Hq, Lq)`` as a ``(B, 1, Lq)`` bool
+    tensor (None without ``q_lengths``); the lengths are host data, so nothing waits for the device."""
+    if args.q_lengths is None:
+        return None
+    lengths = torch.as_tensor(args.q_lengths, device=device)
+    return (torch.arange(args.q_len, device=device)[None, :] >= lengths[:, None])[:, None, :]
+
+
+def _dense_path(
+    pattern: Pattern,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    args: AttentionArgs,
+    *,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    return_lse: bool,
+    grad: bool,
+    flex: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The dense op of ``pattern`` (no sinks, no packing) on the fastest exact path."""
     if sdpa_applies(pattern, args, mask=mask, return_lse=return_lse, requires_grad=grad):
         return sdpa_attention(q, k, v, args, bias=bias)
     if flex and _flex.flex_applies(q, args, bias=bias, mask=mask, requires_grad=grad):
@@ -184,27 +251,76 @@ def chunked_attention(
     return _attention(chunk_pattern(chunk_size, causal), q, k, v, flex=flex, **options)
 
 
+def paged_attention(
+    q: Any,
+    k_cache: Any,
+    v_cache: Any,
+    *,
+    block_table: Any,
+    cache_seqlens: Any,
+    causal: Any = False,
+    window: Any = None,
+    scale: Any = None,
+    softcap: Any = None,
+    sinks: Any = None,
+    align: Any = "bottom_right",
+    return_lse: Any = False,
+    flex: bool = False,
+) -> Any:
+    """:func:`attnref.reference.paged_attention` on tensors: each sequence's used cache blocks
+    gathered for it alone, then the dense op (:func:`attnref_torch._sequences.by_paged_sequence`)."""
+    q, k_cache, v_cache = checkable(q), checkable(k_cache), checkable(v_cache)
+    for name, value in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("sinks", sinks)):
+        if isinstance(value, torch.Tensor):
+            _dense(name, value)
+    paged = check_paged(
+        q, k_cache, v_cache, block_table=block_table, cache_seqlens=cache_seqlens, causal=causal, window=window,
+        scale=scale, softcap=softcap, sinks=sinks, align=align, return_lse=return_lse,
+    )  # fmt: skip
+    t = as_tensors({"q": q, "k_cache": k_cache, "v_cache": v_cache, "sinks": sinks}, first="q")
+    q, k_cache, v_cache, sinks = t["q"], t["k_cache"], t["v_cache"], t["sinks"]
+    return_lse = bool(return_lse)
+    grad = torch.is_grad_enabled() and any(
+        isinstance(x, torch.Tensor) and x.requires_grad for x in (q, k_cache, v_cache, sinks)
+    )
+    dtype = q.dtype
+    if sinks is not None:  # as in _attention; the caches are cast by sequence, after the gather
+        q, sinks = q.to(compute_dtype(dtype)), sinks.to(compute_dtype(dtype))
+    kernel = partial(_dense_path, paged.pattern, bias=None, mask=None, grad=grad, flex=flex)
+    result = by_paged_sequence(q, k_cache, v_cache, paged, kernel, return_lse=return_lse or sinks is not None)
+    return _joined_sinks(result, sinks, None, dtype, return_lse)
+
+
 def attention_vjp(
     op: Callable[..., Any], q: Any, k: Any, v: Any, dout: Any, *, dlse: Any = None, **kwargs: Any
 ) -> tuple[torch.Tensor, ...]:
-    """``(dq, dk, dv)`` (and ``dbias`` with a bias) of ``op`` at ``(q, k, v)``.
+    """``(dq, dk, dv)``, then ``dbias`` with a bias, then ``dsinks`` with sinks, of ``op`` at ``(q, k, v)``.
 
-    Through the blocked path's own backward (autograd records it). The
-    gradients have the dtypes and shapes of their inputs; ``dbias`` has the
-    bias's own shape (summed over the axes it broadcasts along).
+    Through the blocked path's own backward and the sinks' (autograd records
+    both). The gradients have the dtypes and shapes of their inputs; ``dbias``
+    has the bias's own shape (summed over the axes it broadcasts along).
     """
-    bias = kwargs.get("bias")
-    inputs = [checkable(q), checkable(k), checkable(v)] + ([bias] if bias is not None else [])
-    leaves = [x.detach().requires_grad_(True) if isinstance(x, torch.Tensor) else x for x in inputs]
-    if bias is not None:
-        kwargs = {**kwargs, "bias": leaves[3]}
+    names = ["q", "k", "v"] + [name for name in ("bias", "sinks") if kwargs.get(name) is not None]
+    inputs = {name: checkable(value) for name, value in zip(names, (q, k, v), strict=False)}
+    inputs.update({name: kwargs[name] for name in names[3:]})
+    if isinstance(inputs["q"], torch.Tensor) and isinstance(inputs.get("sinks"), np.ndarray):
+        inputs["sinks"] = from_numpy(inputs["sinks"], inputs["q"].device)  # a leaf for dsinks
+    leaves = {name: _leaf(x) for name, x in inputs.items()}
+    kwargs = {**kwargs, **{name: leaves[name] for name in names[3:]}}
     with torch.enable_grad():
-        result = op(*leaves[:3], return_lse=True, **kwargs)
+        result = op(leaves["q"], leaves["k"], leaves["v"], return_lse=True, **kwargs)
         upstream = [_upstream("dout", dout, result[0])]
         if dlse is not None:
             upstream.append(_upstream("dlse", dlse, result[1]))
-        grads = torch.autograd.grad(result[: len(upstream)], leaves, upstream, allow_unused=True)
-    return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves, strict=True))
+        grads = torch.autograd.grad(result[: len(upstream)], list(leaves.values()), upstream, allow_unused=True)
+    return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves.values(), strict=True))
+
+
+def _leaf(x: Any) -> Any:
+    """A floating tensor as a fresh leaf that requires grad; anything else as it is (validation answers it)."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return x.detach().requires_grad_(True)
+    return x
 
 
 def _upstream(argument: str, value: Any, output: torch.Tensor) -> torch.Tensor:

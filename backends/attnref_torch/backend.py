@@ -22,7 +22,7 @@ from importlib import metadata
 from typing import Any
 
 import attnref
-from attnref.backend import FORWARD_OPS, GRADIENT_OPS
+from attnref.backend import OPS
 from attnref.dtypes import DTYPE_NAMES
 
 __all__ = ["DEVICE_VARIABLE", "FLEX_VARIABLE", "TorchBackend"]
@@ -64,7 +64,7 @@ class TorchBackend:
     """
 
     name = "torch"
-    ops = frozenset((*FORWARD_OPS, *GRADIENT_OPS, "merge_attention_states"))  # paged_attention: not yet
+    ops = frozenset(OPS)
     dtypes = frozenset(DTYPE_NAMES)
 
     def __init__(self, device: Any = None, flex: bool | None = None):
@@ -202,7 +202,7 @@ class TorchBackend:
         cu_seqlens_q: Any = None,
         cu_seqlens_k: Any = None,
     ) -> tuple[Any, ...]:
-        """:func:`attnref.reference.global_attention_vjp` on tensors: ``(dq, dk, dv[, dbias])``."""
+        """:func:`attnref.reference.global_attention_vjp` on tensors: ``(dq, dk, dv[, dbias][, dsinks])``."""
         return _ops_module().attention_vjp(
             self.global_attention, q, k, v, dout, dlse=dlse, causal=causal,
             scale=scale, softcap=softcap, bias=bias, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
@@ -229,7 +229,7 @@ class TorchBackend:
         cu_seqlens_q: Any = None,
         cu_seqlens_k: Any = None,
     ) -> tuple[Any, ...]:
-        """:func:`attnref.reference.local_attention_vjp` on tensors: ``(dq, dk, dv[, dbias])``."""
+        """:func:`attnref.reference.local_attention_vjp` on tensors: ``(dq, dk, dv[, dbias][, dsinks])``."""
         return _ops_module().attention_vjp(
             self.local_attention, q, k, v, dout, dlse=dlse, window=window,
             scale=scale, softcap=softcap, bias=bias, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
@@ -257,11 +257,35 @@ class TorchBackend:
         cu_seqlens_q: Any = None,
         cu_seqlens_k: Any = None,
     ) -> tuple[Any, ...]:
-        """:func:`attnref.reference.chunked_attention_vjp` on tensors: ``(dq, dk, dv[, dbias])``."""
+        """:func:`attnref.reference.chunked_attention_vjp` on tensors: ``(dq, dk, dv[, dbias][, dsinks])``."""
         return _ops_module().attention_vjp(
             self.chunked_attention, q, k, v, dout, dlse=dlse, chunk_size=chunk_size, causal=causal,
             scale=scale, softcap=softcap, bias=bias, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
             sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+        )  # fmt: skip
+
+    # -- paged KV cache (contract section 9) --------------------------------
+    def paged_attention(
+        self,
+        q: Any,
+        k_cache: Any,
+        v_cache: Any,
+        *,
+        block_table: Any,
+        cache_seqlens: Any,
+        causal: bool = False,
+        window: Any = None,
+        scale: float | None = None,
+        softcap: float | None = None,
+        sinks: Any = None,
+        align: str = "bottom_right",
+        return_lse: bool = False,
+    ) -> Any:
+        """:func:`attnref.reference.paged_attention` on tensors: per sequence, only its used blocks."""
+        return _ops_module().paged_attention(
+            q, k_cache, v_cache, block_table=block_table, cache_seqlens=cache_seqlens, causal=causal,
+            window=window, scale=scale, softcap=softcap, sinks=sinks, align=align, return_lse=return_lse,
+            flex=self.flex,
         )  # fmt: skip
 
     # -- merged partial states (contract section 10) -----------------------

@@ -406,8 +406,7 @@ def test_registered_and_valid():
     backend = attnref.get_backend("torch")
     assert isinstance(backend, TorchBackend) and backend.unavailable_reason is None
     assert backend_problems(backend) == []
-    missing = {"paged_attention"}  # not implemented yet (reported)
-    assert backend.ops == frozenset(attnref.backend.OPS) - missing and backend.dtypes == frozenset(DTYPE_NAMES)
+    assert backend.ops == frozenset(attnref.backend.OPS) and backend.dtypes == frozenset(DTYPE_NAMES)
 
 
 def test_unavailable_without_torch(monkeypatch):
