@@ -155,3 +155,20 @@ def test_flex_block_mask_covers_the_pattern(bench, length):
         assert (listed[i // block, j // block] > 0).all(), name
         for qb, kb in zip(*np.nonzero(listed == 2), strict=True):
             assert dense[qb * block : (qb + 1) * block, kb * block : (kb + 1) * block].all(), name
+
+
+def test_the_report_reads_the_default_grid(bench):
+    """The report looks figures up by the suites' case names: a renamed case must not turn a target into n/a."""
+    pytest.importorskip("asv")
+    sys.path.insert(0, str(ASV_DIR))
+    try:
+        report = importlib.import_module("report")
+        backward = importlib.import_module("benchmarks.bench_backward")
+    finally:
+        sys.path.remove(str(ASV_DIR))
+    assert not bench["common"].SMOKE
+    assert {report.FB_WINDOW, report.FB_GLOBAL} <= set(backward.CASES)
+    assert report.VARLEN_CASE in bench["bench_varlen"].CASES
+    assert report.PAGED_CASE in bench["bench_paged"].CASES
+    assert set(report.SINKS_CASES) <= set(bench["bench_sinks"].CASES)
+    assert set(report.FAMILY) == set(bench["common"].MULTIHEAD_CASES)

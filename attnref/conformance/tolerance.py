@@ -52,6 +52,11 @@ Runtime does, is right there, even where the naive run happens to be lucky),
 a Luong local-p centre ``p_t`` that scales with the source length. Where the
 answer is well-conditioned it is about ``u * scale`` and changes little.
 ``SENSITIVITY_FACTOR`` is the documented constant ``c`` of the contract.
+Where a dense score perturbation cannot be passed (packed sequences, paged
+caches, merged states, and cases of more than ``2**24`` scores, the long tier,
+where a dense bias would make the reference ``O(Lq x Lk)``), the inputs alone
+move: moving ``q`` and ``k`` by one rounding moves each score by about as much
+as its own rounding does.
 
 In float64 the naive run *is* the reference, so the last two terms are the
 whole bound there; for the 16-bit dtypes the naive run's error dominates.

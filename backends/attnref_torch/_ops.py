@@ -29,10 +29,11 @@ import torch
 from attnref.dtypes import DTYPE_NAMES, name_of_array, numpy_dtype
 from attnref.errors import UnsupportedError, invalid_type, invalid_value
 from attnref.patterns import Pattern
-from attnref.validation import check_attention, chunk_pattern, full_pattern, window_pattern
+from attnref.validation import check_attention, check_merge, chunk_pattern, full_pattern, window_pattern
 from attnref_torch import _flex, _pooling
 from attnref_torch._banded import banded_applies, banded_attention
 from attnref_torch._blocked import blocked_attention
+from attnref_torch._numerics import compute_dtype
 from attnref_torch._sdpa import sdpa_applies, sdpa_attention
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "local_attention",
     "chunked_attention",
     "attention_vjp",
+    "merge_attention_states",
     "additive_attention",
     "luong_attention",
 ]
@@ -224,6 +226,32 @@ def _upstream(argument: str, value: Any, output: torch.Tensor) -> torch.Tensor:
     if value.device != output.device:
         raise invalid_value(argument, f"a tensor on {value.device}", f"a tensor on {output.device}, the device of q")
     return value.to(dtype=output.dtype)
+
+
+# -- merged partial states ----------------------------------------------------------
+def merge_attention_states(outs: Any, lses: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attnref.reference.merge_attention_states` on tensors.
+
+    ``lse = m + log sum_n exp(lses[n] - m)`` with ``m = max_n lses[n]`` (0 where every
+    part is ``-inf``), ``out = sum_n exp(lses[n] - lse) * outs[n]``; a part whose lse is
+    ``-inf`` is selected away (a NaN in its ``outs`` cannot leak); no part: output 0,
+    lse ``-inf``; a NaN or ``+inf`` lse gives NaN (``inf - inf``). Computed in float32
+    for 16-bit inputs; returned in the dtypes of ``outs`` and ``lses``.
+    """
+    outs, lses = checkable(outs), checkable(lses)
+    check_merge(outs, lses)
+    t = as_tensors({"outs": outs, "lses": lses}, first="outs")
+    o, lse_parts = t["outs"], t["lses"]
+    dt = torch.promote_types(compute_dtype(o.dtype), compute_dtype(lse_parts.dtype))
+    parts = lse_parts.to(dt)
+    m = parts.amax(0)
+    m = torch.where(m == float("-inf"), 0.0, m).to(dt)
+    w = torch.exp(parts - m)  # 0 for -inf parts
+    z = w.sum(0)
+    lse = m + torch.log(z)
+    weights = w / torch.where(z == 0, 1.0, z).to(dt)
+    terms = torch.where((parts == float("-inf"))[..., None], 0.0, weights[..., None] * o.to(dt))
+    return terms.sum(0).to(o.dtype), lse.to(lse_parts.dtype)
 
 
 # -- attention pooling ------------------------------------------------------------

@@ -22,7 +22,7 @@ from importlib import metadata
 from typing import Any
 
 import attnref
-from attnref.backend import OPS
+from attnref.backend import FORWARD_OPS, GRADIENT_OPS
 from attnref.dtypes import DTYPE_NAMES
 
 __all__ = ["DEVICE_VARIABLE", "FLEX_VARIABLE", "TorchBackend"]
@@ -64,7 +64,7 @@ class TorchBackend:
     """
 
     name = "torch"
-    ops = frozenset(OPS)
+    ops = frozenset((*FORWARD_OPS, *GRADIENT_OPS, "merge_attention_states"))  # paged_attention: not yet
     dtypes = frozenset(DTYPE_NAMES)
 
     def __init__(self, device: Any = None, flex: bool | None = None):
@@ -263,6 +263,11 @@ class TorchBackend:
             scale=scale, softcap=softcap, bias=bias, mask=mask, kv_lengths=kv_lengths, q_lengths=q_lengths, align=align,
             sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         )  # fmt: skip
+
+    # -- merged partial states (contract section 10) -----------------------
+    def merge_attention_states(self, outs: Any, lses: Any) -> tuple[Any, Any]:
+        """:func:`attnref.reference.merge_attention_states` on tensors: ``(out, lse)``."""
+        return _ops_module().merge_attention_states(outs, lses)
 
     # -- attention pooling ------------------------------------------------
     def additive_attention(

@@ -219,6 +219,15 @@ PICTURES: dict[str, Callable[[], Grid]] = {
     "additive_attention-window-2-2": lambda: _additive((2, 2), 11, [5, 1, 9]),
     "luong_attention-local-m": lambda: _luong_local_m(10, 8, 2),
     "luong_attention-local-p": lambda: _luong_local_p([0.4, 1.7, 2.5, 4.0, 5.2, 6.8, 7.6], 9, 2),
+    "global_attention_vjp-causal": lambda: _multihead(
+        Pattern.full(causal=True), 6, 6, "bottom_right", "causal: dS (and every gradient term) is 0 outside"
+    ),
+    "local_attention_vjp-window-2-1": lambda: _multihead(
+        Pattern.window(2, 1), 8, 8, "bottom_right", "window=(2, 1): dS is 0 outside the band"
+    ),
+    "chunked_attention_vjp-chunk-3": lambda: _multihead(
+        Pattern.chunk(3), 9, 9, "bottom_right", "chunk_size=3: dk, dv of a chunk come from its own rows"
+    ),
     "sinks-window-2-0": lambda: _sinks((2, 0), 6, 0.0),
     "varlen-block-diagonal": lambda: _packed([3, 2, 4], [4, 2, 5]),
     "paged_attention-page-table": lambda: _page_table([[3, 0, 5], [3, 1, -1]], [7, 4], 3, 6),

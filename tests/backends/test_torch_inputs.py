@@ -101,3 +101,22 @@ def test_luong_local_p_with_a_nan_position_is_nan_not_zero(cpu, where):
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_array_equal(np.isnan(g.numpy()), np.isnan(e))
         np.testing.assert_allclose(g.numpy(), e, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_merge_attention_states_selects_away_empty_parts(cpu, dtype):
+    """Contract section 10: a part with lse -inf has weight exactly 0 (a NaN in its outs does
+    not leak); all parts -inf: output 0, lse -inf; a NaN or +inf lse: NaN."""
+    rng = np.random.default_rng(7)
+    outs, lses = rng.standard_normal((3, 2, 4, 5)).astype(dtype), rng.standard_normal((3, 2, 4)).astype(dtype)
+    lses[1, 0, 0], outs[1, 0, 0] = -np.inf, np.nan
+    lses[:, 1, 1] = -np.inf
+    lses[2, 1, 2] = np.inf
+    lses[0, 0, 3] = np.nan
+    expected = R.merge_attention_states(outs, lses)
+    got = cpu.merge_attention_states(torch.from_numpy(outs), torch.from_numpy(lses))
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == torch.from_numpy(outs).dtype
+        np.testing.assert_array_equal(np.isnan(g.numpy()), np.isnan(e))
+        np.testing.assert_allclose(g.numpy(), e, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+    assert (got[0][1, 1] == 0).all() and got[1][1, 1] == -np.inf and torch.isfinite(got[0][0, 0]).all()

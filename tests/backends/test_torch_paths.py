@@ -216,3 +216,26 @@ def test_without_flex_attention_the_flex_path_is_never_asked(monkeypatch):
     meta_cuda = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)
     q = torch.zeros(1, 1, 4096, 64)
     assert not _flex.flex_applies(meta_cuda, check_attention(q, q, q), bias=None, mask=None, requires_grad=False)
+
+
+def test_every_op_has_the_reference_s_signature():
+    """Contract section 4: each op a method with the reference's name and signature, minus
+    ``precision``/``return_weights`` (the VJPs too, so that they are listed in ``ops``)."""
+    import inspect
+
+    backend = TorchBackend(device="cpu")
+    for op in sorted(backend.ops):
+        expected = [p for p in inspect.signature(getattr(R, op)).parameters if p not in ("precision", "return_weights")]
+        assert list(inspect.signature(getattr(backend, op)).parameters) == expected, op
+
+
+def test_sinks_and_packed_sequences_are_validated_then_declined(cpu):
+    from attnref import UnsupportedError
+
+    q, k, v = _qkv(np.random.default_rng(9))
+    with pytest.raises(ValueError, match="sinks"):
+        cpu.global_attention(q, k, v, sinks=torch.zeros(3))
+    with pytest.raises(UnsupportedError, match="sinks"):
+        cpu.local_attention(q, k, v, window=2, sinks=torch.zeros(4))
+    with pytest.raises(UnsupportedError, match="sinks"):
+        cpu.local_attention_vjp(q, k, v, torch.zeros(2, 4, 13, 8), window=2, sinks=torch.zeros(4))

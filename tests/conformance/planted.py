@@ -835,6 +835,95 @@ def _softmax(e: np.ndarray, allowed: np.ndarray, work: np.dtype) -> np.ndarray:
         return np.where(total > 0, p / np.where(total > 0, total, 1), 0).astype(work)
 
 
+#: Bugs of :class:`LongToyBackend` that only the long tier can catch: (description, op, case id).
+LONG_BUGS: dict[str, tuple[str, str, str]] = {
+    "index-int32": (
+        "keys addressed by a 32-bit flat score index row * Lk + j: rows past 2**31 / Lk read key 0 onwards",
+        "local_attention",
+        "long-window-2p16",
+    ),
+    "positions-float32": (
+        "aligned positions p held in float32: beyond 2**24 they round to a multiple of 2 or 4",
+        "local_attention",
+        "long-decode-2p25",
+    ),
+}
+
+
+class LongToyBackend:
+    """A blocked kernel for long sequences: query blocks of 2048 rows, each scoring only the key range its
+    pattern allows (:meth:`Pattern.key_range`), in float32 (16-bit inputs) or the input dtype. It takes the
+    pattern options, ``scale`` and ``align`` and declines the rest with :class:`attnref.UnsupportedError`.
+    ``bugs`` switches on the :data:`LONG_BUGS`."""
+
+    version = "0.0"
+    unavailable_reason = None
+    ops = frozenset({"global_attention", "local_attention", "chunked_attention"})
+    dtypes = frozenset(DTYPE_NAMES)
+    BLOCK = 2048
+
+    def __init__(self, bugs: frozenset[str] | set[str] = frozenset(), name: str = "long-toy") -> None:
+        self.bugs, self.name = frozenset(bugs), name
+
+    def asarray(self, array: Any) -> np.ndarray:
+        return np.array(array)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def global_attention(self, q: Any, k: Any, v: Any, *, causal: Any = False, **options: Any) -> Any:
+        return self._attend(q, k, v, full_pattern(causal), **options)
+
+    def local_attention(self, q: Any, k: Any, v: Any, *, window: Any, **options: Any) -> Any:
+        return self._attend(q, k, v, Pattern.window(*check_window(window)), **options)
+
+    def chunked_attention(self, q: Any, k: Any, v: Any, *, chunk_size: Any, causal: Any = False, **options: Any):
+        return self._attend(q, k, v, chunk_pattern(chunk_size, causal), **options)
+
+    def _attend(self, q: Any, k: Any, v: Any, pattern: Pattern, *, scale: Any = None, align: Any = "bottom_right",
+                return_lse: Any = False, **others: Any) -> Any:  # fmt: skip
+        for name, value in others.items():
+            if value is not None:
+                raise attnref.UnsupportedError(name, "the long toy kernel takes patterns only")
+        a = check_attention(q, k, v, scale=scale, align=align, return_lse=return_lse)
+        work = _work_dtype(q.dtype, frozenset())
+        out = np.zeros((a.batch, a.q_heads, a.q_len, a.value_dim), dtype=q.dtype)
+        lse = np.full((a.batch, a.q_heads, a.q_len), -np.inf, dtype=work)
+        offset = int(a.offsets()[0])
+        for b in range(a.batch):
+            for h in range(a.q_heads):
+                qh, kh, vh = q[b, h], k[b, h // a.group], v[b, h // a.group]
+                for first in range(0, a.q_len, self.BLOCK):
+                    rows = slice(first, min(first + self.BLOCK, a.q_len))
+                    lo, hi = pattern.key_range(first + offset, rows.stop - 1 + offset, a.kv_len)
+                    if lo >= hi:
+                        continue
+                    if "index-int32" in self.bugs and first * a.kv_len + lo > 2**31 - 1:
+                        lo, hi = 0, hi - lo  # the wrapped 32-bit flat index, clamped: the wrong keys
+                    p = np.arange(rows.start, rows.stop)[:, None] + offset
+                    if "positions-float32" in self.bugs:
+                        p = p.astype(np.float32)
+                    ok = np.asarray(pattern.allows(p, np.arange(lo, hi)[None, :]))
+                    with np.errstate(all="ignore"):
+                        s = (qh[rows].astype(work) @ kh[lo:hi].astype(work).T) * work.type(a.scale)
+                        s = np.where(ok, s, -np.inf)
+                        m = s.max(axis=1, keepdims=True)
+                        m = np.where(m == -np.inf, 0, m)
+                        e = np.where(ok, np.exp(s - m), 0).astype(work)
+                        total = e.sum(axis=1, keepdims=True)
+                        empty = total == 0
+                        vb = vh[lo:hi].astype(work)
+                        o = e @ np.where(np.isfinite(vb), vb, 0)  # a hidden NaN value must not leak through e = 0
+                        special = ~np.isfinite(vb).all(axis=1)
+                        hit = (ok[:, special]).any(axis=1)
+                        if hit.any():  # rows that see a non-finite value: the selected sum, exactly
+                            o[hit] = np.where(ok[hit][:, :, None], e[hit][:, :, None] * vb[None], 0).sum(axis=1)
+                        o = o / np.where(empty, 1, total)
+                        out[b, h, rows] = np.where(empty, 0, o).astype(q.dtype)
+                        lse[b, h, rows] = np.where(empty, -np.inf, m + np.log(np.where(empty, 1, total)))[:, 0]
+        return (out, lse) if return_lse else out
+
+
 class RoundedScoresBackend:
     """A legitimate float16 kernel in the manner of ONNX Runtime: the scores computed exactly and rounded
     once to float16, everything after that exact. Not a planted bug: the tolerance must accept it, nearly

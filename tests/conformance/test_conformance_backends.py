@@ -16,8 +16,7 @@ from attnref.conformance.selection import XfailEntry
 from attnref.dtypes import DTYPE_NAMES
 from attnref.registry import Registry
 
-#: Known gaps, written down (an entry goes stale, and the test fails, once the backend closes it). The NumPy
-#: backend's missing sinks and packed sequences (issue 11 item 2) are closed.
+#: Known gaps of built-in backends, written down as xfail entries (an entry that goes stale fails the test).
 KNOWN_GAPS: dict[str, list[XfailEntry]] = {}
 
 

@@ -26,7 +26,7 @@ def test_every_multihead_case_is_windowed_chunked_or_decoding_and_reaches_the_li
             decoding = q_len <= 16
             assert decoding or "window" in options or "chunk_size" in options, case_id
             products.append(q_len * kv_len)
-            assert 2**16 <= max(q_len, kv_len) <= 2**20
+            assert 2**16 <= max(q_len, kv_len) <= 2**26
         if op != "global_attention":  # global attention is only decoding: L x L would not be O(L x window)
             assert max(products) >= 2**31, op
         assert any(kv_len == 2**20 and q_len <= 16 for _, _, q_len, kv_len, _ in LONG_CASES[op]), op
@@ -36,12 +36,14 @@ def test_gradient_long_cases_carry_upstream_gradients() -> None:
     for op in GRADIENT_OF:
         for case in long_cases(op):
             assert "return_lse" not in case.options
-            assert case.outputs[:3] == ("dq", "dk", "dv")
+            assert case.outputs == ("dq", "dk", "dv")  # without building the arrays
+            assert case.inputs._data is None
 
 
 def test_listing_the_tier_builds_no_array() -> None:
     cases = [c for op in OPS for c in long_cases(op)]
     assert all(c.inputs._data is None for c in cases)  # LazyInputs: built on first use only
     built = []
-    lazy = LazyInputs(lambda: built.append(1) or {"x": np.zeros(3)})
-    assert not built and list(lazy) == ["x"] and lazy["x"].shape == (3,) and len(lazy) == 1 and built == [1]
+    lazy = LazyInputs(lambda: built.append(1) or {"x": np.zeros(3)}, ("x",))
+    assert list(lazy) == ["x"] and "x" in lazy and len(lazy) == 1 and not built  # names known without building
+    assert lazy["x"].shape == (3,) and built == [1]

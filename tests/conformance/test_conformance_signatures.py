@@ -17,10 +17,6 @@ from attnref.backend import OPS
 
 PLUGINS = ("attnref_numpy.plugin", "attnref_torch.plugin", "attnref_cupy.plugin")
 REFERENCE_ONLY = ("precision", "return_weights")
-#: Known gap, written down: the reference's multi-head ops gained these keywords (contract sections 7 and 8,
-#: issue 11 item 2) before the built-in backends did. A backend may still lack exactly these, nothing else; once
-#: no built-in backend lacks one, the test below fails until it is removed from this set.
-PENDING = frozenset({"sinks", "cu_seqlens_q", "cu_seqlens_k"})
 
 
 def _parameters(fn: Any, drop: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
@@ -39,23 +35,12 @@ def _backends() -> list[Any]:
     return found
 
 
-def _lacking(backend: Any, op: str) -> set[str]:
-    names = {p[0] for p in _parameters(getattr(backend, op))}
-    return {p[0] for p in _parameters(getattr(attnref.reference, op), REFERENCE_ONLY)} - names
-
-
 @pytest.mark.parametrize("backend", _backends(), ids=lambda b: b.name)
 def test_op_signatures_equal_the_reference(backend: Any) -> None:
     assert backend.ops <= set(OPS)
     for op in sorted(backend.ops):
-        lacking = _lacking(backend, op) & PENDING
-        expected = _parameters(getattr(attnref.reference, op), REFERENCE_ONLY + tuple(lacking))
+        expected = _parameters(getattr(attnref.reference, op), REFERENCE_ONLY)
         assert _parameters(getattr(backend, op)) == expected, f"{backend.name}.{op}"
-
-
-def test_the_pending_keywords_are_still_pending() -> None:
-    still = {name for b in _backends() for op in b.ops for name in _lacking(b, op)}
-    assert still == set(PENDING), f"remove {sorted(set(PENDING) - still)} from PENDING: the backends have them now"
 
 
 def test_the_built_in_backends_are_all_checked() -> None:

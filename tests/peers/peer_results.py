@@ -12,8 +12,8 @@ unsupported, grouped by case id with the dtypes and the report's detail (cases w
 answer is merely outside the bound are counted per op and dtype, with the
 largest error). An
 ``error`` whose detail is an :class:`attnref.UnsupportedError` is counted as
-*unsupported* (with its feature), as the contract's section 5 asks, whatever
-the version of the runner that wrote the report.
+*unsupported* (with its feature), as the contract's section 5 asks: a runner
+older than the contract's verdict reported it as an error.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ UNSUPPORTED = re.compile(r"UnsupportedError: unsupported feature '(?P<feature>[^
 def status_of(case: dict[str, Any]) -> tuple[str, str | None]:
     """The case's status, and the feature when a backend declared it unsupported."""
     match = UNSUPPORTED.search(case.get("detail") or "")
-    if case["status"] == "error" and match:
+    if case["status"] in ("error", "unsupported") and match:
         return "unsupported", match.group("feature")
     return case["status"], None
 
