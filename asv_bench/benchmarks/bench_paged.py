@@ -10,13 +10,15 @@ sequence's last block are -1. Implementations:
   cache_seqlens=...)``;
 * ``reference``: the float64 reference (small cases only);
 * ``baseline-sdpa-gather``: what users reach for on the CPU: per sequence,
-  gather its blocks into contiguous ``(Hkv, L, D)`` keys and values
-  (``index_select``), then SDPA. The ``Hq // Hkv`` query heads that share a kv
-  head are folded into SDPA's query axis (exact for one query token; no copy
-  of K/V per query head);
+  gather its blocks in table order (``k_cache[table]``, one copy of whole
+  blocks), view them as ``(1, Hkv, L, D)`` and call SDPA on that strided view
+  (the fastest of the forms tried: an ``index_select`` over a head-major view
+  or a contiguous copy cost 2-4x more). The ``Hq // Hkv`` query heads that
+  share a kv head are folded into SDPA's query axis (exact for one query
+  token; no copy of K/V per query head);
 * ``baseline-sdpa-gathered``: the same SDPA calls on keys and values that were
-  gathered in the set-up, the cost of attention alone: paging is free when the
-  backend is as fast as this.
+  gathered in the set-up into contiguous ``(1, Hkv, L, D)`` tensors, the cost
+  of attention alone: paging is free when the backend is as fast as this.
 
 ``track_cache_size`` is the size of the cache (MiB, keys and values): a
 backend's extra memory far below it shows that no dense copy of the cache was
@@ -163,8 +165,7 @@ def _sdpa(
     kv_heads, block = k_cache.shape[2], k_cache.shape[1]
     # (B, Hq, 1, D) -> per sequence (1, Hkv, group, D): the query heads of a kv head on SDPA's query axis
     tq = torch_tensor(q, device).reshape(batch, kv_heads, q_heads // kv_heads, dim)
-    # (Hkv, num_blocks, block, D) views: index_select along the blocks gives contiguous per-head rows
-    tk, tv = (torch_tensor(c, device).permute(2, 0, 1, 3) for c in (k_cache, v_cache))
+    tk, tv = torch_tensor(k_cache, device), torch_tensor(v_cache, device)
     lengths = cache_seqlens.tolist()
     tables = [
         torch.from_numpy(block_table[b, : -(-n // block)].astype(np.int64)).to(device) for b, n in enumerate(lengths)
@@ -172,24 +173,19 @@ def _sdpa(
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def gather(cache: Any, b: int) -> Any:
-        return cache.index_select(1, tables[b]).reshape(kv_heads, -1, dim)[None, :, : lengths[b]]
+        # whole blocks copied in table order (one copy), seen as (1, Hkv, L_b, D): SDPA reads the strided view
+        return cache[tables[b]].view(-1, kv_heads, dim)[: lengths[b]].transpose(0, 1)[None]
 
-    def attend(keys: list[Any], values: list[Any]) -> Any:
-        out = torch.cat([sdpa(tq[b : b + 1], keys[b], values[b]) for b in range(batch)])
+    def run_on(keys: Any, values: Any) -> Any:
+        out = torch.cat([sdpa(tq[b : b + 1], keys(b), values(b)) for b in range(batch)])
         torch_finish(device)
         return out.reshape(batch, q_heads, 1, dim)
 
-    if impl == GATHERED:
-        keys = [gather(tk, b) for b in range(batch)]
-        values = [gather(tv, b) for b in range(batch)]
-        return Prepared(lambda: attend(keys, values), torch_to_numpy)
-
-    def run() -> Any:
-        out = [sdpa(tq[b : b + 1], gather(tk, b), gather(tv, b)) for b in range(batch)]
-        torch_finish(device)
-        return torch.cat(out).reshape(batch, q_heads, 1, dim)
-
-    return Prepared(run, torch_to_numpy)
+    if impl == GATHERED:  # gathered in the set-up, contiguous: SDPA's best case
+        keys = [gather(tk, b).contiguous() for b in range(batch)]
+        values = [gather(tv, b).contiguous() for b in range(batch)]
+        return Prepared(lambda: run_on(keys.__getitem__, values.__getitem__), torch_to_numpy)
+    return Prepared(lambda: run_on(lambda b: gather(tk, b), lambda b: gather(tv, b)), torch_to_numpy)
 
 
 class PagedDecode(_TimeSuite):
