@@ -16,6 +16,13 @@ nothing the size of the whole cache is ever built.
 A sequence without keys gives output 0 and lse ``-inf`` (a sink joins
 afterwards, :mod:`attnref_torch._sinks`); one without rows adds nothing.
 
+Known gap (speed): the gather is a copy of each sequence's keys and values,
+about as much memory traffic as the attention that reads them: decode with
+B=16, Hq=32, Hkv=8, D=64, block 16, cache lengths 1k..8k took 1.95x the time of
+SDPA run per sequence on keys gathered beforehand (fp32, loaded 2-core CPU;
+issue 11's target is 1.2x). Reading the blocks in place needs a kernel that
+takes a block table, which torch's CPU SDPA does not.
+
 The offsets, ``block_table`` and ``cache_seqlens`` are host data by contract
 (validation holds NumPy copies of them): the Python loops read them and wait for
 no device.
