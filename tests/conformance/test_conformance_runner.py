@@ -162,7 +162,9 @@ def test_json_report_has_the_contract_format() -> None:
     for entry in toy["cases"]:
         assert set(entry) == {"op", "case", "dtype", "status", "err", "allowed", "detail", "feature", "xfail",
                               "description", "parameters"}  # fmt: skip
-        assert entry["description"] and entry["parameters"]["inputs"]["q"] in ([2, 2, 6, 8], [2, 2, 4, 3])
+        assert entry["description"]
+        if entry["status"] != "unsupported":  # a case not run does not build its inputs
+            assert entry["parameters"]["inputs"]["q"] in ([2, 2, 6, 8], [2, 2, 4, 3])
     value = next(e for e in toy["cases"] if e["case"] == "basic" and e["dtype"] == "float32")
     assert isinstance(value["err"], float) and value["err"] <= value["allowed"] and value["detail"] is None
     error = next(e for e in toy["cases"] if e["case"] == "error-scale-zero" and e["dtype"] == "float32")
