@@ -406,8 +406,7 @@ def test_registered_and_valid():
     backend = attnref.get_backend("torch")
     assert isinstance(backend, TorchBackend) and backend.unavailable_reason is None
     assert backend_problems(backend) == []
-    ops = attnref.backend.FORWARD_OPS + attnref.backend.GRADIENT_OPS  # not yet the STATE_OPS
-    assert backend.ops == frozenset(ops) and backend.dtypes == frozenset(DTYPE_NAMES)
+    assert backend.ops == frozenset(attnref.backend.OPS) and backend.dtypes == frozenset(DTYPE_NAMES)
 
 
 def test_unavailable_without_torch(monkeypatch):
