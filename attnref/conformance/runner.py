@@ -368,15 +368,31 @@ def _run_value_case(backend: Any, case: Case, dtype: str, inputs: dict[str, np.n
 
 
 def _gradient_scale(case: Case, inputs: dict[str, np.ndarray], ref: tuple) -> np.ndarray | None:
-    """The floor's scale of every gradient of a VJP case: the largest of all its gradients and ``dout``.
+    """The floor's scale of every gradient of a VJP case: the size of the terms a backward pass adds up.
 
-    One backward pass accumulates every gradient from the same ``dS = P * (dP - rowsum(dout * out))``
-    and ``dout``, so its honest rounding is of the size of the largest of them, not of each
-    gradient's own (a small ``dk`` can be the difference of large terms). ``None`` for forward ops.
+    One backward pass accumulates every gradient from the same ``dS = P * (dP - delta + dlse)`` and
+    ``dout``, and it rounds at the size of the terms it adds, not of their sum: as ``out``'s floor is
+    sized by the values ``v`` it averages, a ``dq`` of 26 can be the sum of terms of 100 and carry
+    rounding errors of 100's size. With ``sum_j P_ij <= 1`` and
+    ``|dS_ij| <= P_ij * (|dout_i . v_j| + |dout_i . out_i| + |dlse_i|)``, the terms of one row add up to
+    at most ``T = max_i (2 * ||dout_i||_1 * max|v| + |dlse_i|)``; those of ``dq_i = scale * sum_j dS_ij k_j``
+    and ``dk_j = scale * sum_i dS_ij q_i`` to ``|scale| * T * max|k|`` and ``|scale| * T * max|q|`` (a
+    softcap's slope is at most 1), those of ``dv_j = sum_i P_ij dout_i`` to ``max|dout|``. The scale is
+    the largest of these and of the gradients themselves (a small ``dk`` can be the difference of large
+    terms). It is computed from the inputs alone, in ``O(size of the inputs)``: no dense ``P`` is
+    formed, so the long tier can use it. ``None`` for forward ops.
     """
     if case.op not in GRADIENT_OF:
         return None
-    return np.array([max(largest(r) for r in ref), largest(inputs.get("dout"))])
+    dout, dlse = inputs.get("dout"), inputs.get("dlse")
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    with np.errstate(invalid="ignore", over="ignore"):
+        dout_rows = None if dout is None else np.abs(np.asarray(dout, dtype=np.float64)).sum(axis=-1)
+    row_terms = 2 * largest(dout_rows) * largest(v) + largest(dlse)
+    scale = case.options.get("scale")
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else abs(float(scale))
+    score_terms = scale * row_terms * max(largest(q), largest(k))
+    return np.array([max(largest(r) for r in ref), largest(dout), row_terms, score_terms])
 
 
 def run_case(backend: Any, case: Case, dtype: str, cache: ReferenceCache | None = None) -> Result:

@@ -33,7 +33,10 @@ is the fixed floor:
   and the values it is a weighted average of (``v`` for ``out``, ``x`` for the
   additive context, ``h_s`` for the Luong context: an average of values of
   size 1 can be 0.001 by cancellation while its rounding errors stay of the
-  size of the values); ``lse`` and ``weights`` use their own values. An array
+  size of the values); ``lse`` and ``weights`` use their own values; every
+  gradient of a VJP op uses the size of the terms the backward pass adds up
+  (bounded from the inputs: ``dout``, ``dlse``, ``q``, ``k``, ``v`` and the
+  scale; see ``runner._gradient_scale``) and of the gradients themselves. An array
   whose scale is 0 (a row that must be exactly zero, and nothing else) must be
   exactly zero.
 

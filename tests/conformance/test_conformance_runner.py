@@ -186,3 +186,27 @@ def test_the_cache_shares_reference_runs_between_backends() -> None:
     calls: list[int] = []
     cache.get((case.key, "float16"), lambda: calls.append(1))
     assert calls == []  # computed once, by the first backend
+
+
+def test_the_gradient_floor_is_sized_by_the_terms_a_backward_pass_adds() -> None:
+    """The bound behind the gradient floor's scale holds: no row's ``|dq|``/``|dk|``/``|dv|`` terms add up to more.
+
+    A float64 ``dq`` of 26 that is the sum of terms of 100 carries rounding errors of 100's size (found on
+    ``chunked_attention_vjp/random-s0-000``, where an honest backend's ``dq`` was 8 ulps off).
+    """
+    from attnref.conformance.runner import _gradient_scale
+    from attnref.reference import global_attention
+
+    rng = np.random.default_rng(7)
+    q, k, v = (3 * rng.standard_normal((1, 2, 5, 4)) for _ in range(3))
+    dout, dlse = rng.standard_normal((1, 2, 5, 4)), rng.standard_normal((1, 2, 5))
+    scale = 0.9
+    case = Case("global_attention_vjp", "t", {"q": q, "k": k, "v": v, "dout": dout, "dlse": dlse}, {"scale": scale})
+    out, _, P = global_attention(q, k, v, scale=scale, return_lse=True, return_weights=True)
+    dP = dout @ np.swapaxes(v, -1, -2)
+    dS = P * (dP - (dout * out).sum(-1, keepdims=True) + dlse[..., None])
+    dq_terms = scale * (np.abs(dS) @ np.abs(k)).max()  # sum_j |scale * dS_ij * k_jd|
+    dk_terms = scale * (np.abs(np.swapaxes(dS, -1, -2)) @ np.abs(q)).max()
+    dv_terms = (np.abs(np.swapaxes(P, -1, -2)) @ np.abs(dout)).max()
+    bound = _gradient_scale(case, case.inputs, (np.zeros(1),)).max()
+    assert bound >= max(dq_terms, dk_terms, dv_terms)
