@@ -184,7 +184,7 @@ def _attention(
     need_lse = return_lse or sinks is not None
     kernel = partial(_dense_path, pattern, bias=bias, mask=mask, grad=grad, flex=flex)
     if args.packed:
-        result = by_sequence(q, k, v, args, kernel, return_lse=need_lse)
+        result = by_sequence(q, k, v, args, kernel, return_lse=need_lse, pattern=pattern, grad=grad)
     else:
         result = kernel(q, k, v, replace(args, sinks=None), return_lse=need_lse)
     return _joined_sinks(result, sinks, _padding(args, q.device), dtype, return_lse)

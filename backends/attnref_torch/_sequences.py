@@ -35,8 +35,12 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from attnref.patterns import Pattern
 from attnref.validation import AttentionArgs, PagedArgs
+from attnref_torch._numerics import known_finite
+from attnref_torch._sdpa import HAS_ENABLE_GQA
 
 __all__ = ["by_sequence", "by_paged_sequence"]
 
@@ -84,6 +88,27 @@ def _sequences(args: AttentionArgs) -> Iterator[tuple[slice, slice, AttentionArg
             yield slice(q0, q1), slice(k0, k1), one
 
 
+def is_causal_on(pattern: Pattern, args: AttentionArgs) -> bool:
+    """Whether ``pattern`` on this one sequence allows exactly the keys ``j <= i`` to row ``i``
+    (SDPA's ``is_causal``, which aligns top-left): offset 0 and, for every row, the key range
+    ``[0, i + 1)``. A single row's :meth:`~attnref.patterns.Pattern.key_range` is exact and its
+    bounds move with the row, so the first and the last row decide."""
+    if int(args.offsets()[0]) != 0:
+        return False
+    last = args.q_len - 1
+    return pattern.key_range(0, 0, args.kv_len) == (0, min(1, args.kv_len)) and pattern.key_range(
+        last, last, args.kv_len
+    ) == (0, min(last + 1, args.kv_len))
+
+
+def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, one: AttentionArgs) -> torch.Tensor:
+    """SDPA with ``is_causal=True`` on one sequence's strided ``(1, H, L, D)`` views (no copy)."""
+    if one.group > 1 and not HAS_ENABLE_GQA:
+        k, v = k.repeat_interleave(one.group, 1), v.repeat_interleave(one.group, 1)
+    gqa = {"enable_gqa": True} if one.group > 1 and HAS_ENABLE_GQA else {}
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=one.scale, **gqa)
+
+
 def by_sequence(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -92,15 +117,34 @@ def by_sequence(
     kernel: Callable[..., Any],
     *,
     return_lse: bool,
+    pattern: Pattern | None = None,
+    grad: bool = True,
 ) -> Any:
     """``out (Tq, Hq, Dv)`` (and ``lse (Tq, Hq)``) of packed sequences, each
-    ``kernel(q_b, k_b, v_b, args_b, return_lse=...)`` on its own ``(1, H, L_b, D)`` views."""
-    outs, lses = [], []
+    ``kernel(q_b, k_b, v_b, args_b, return_lse=...)`` on its own ``(1, H, L_b, D)`` views.
+
+    A sequence on which ``pattern`` is causal attention aligned at its first
+    row (:func:`is_causal_on`) runs through SDPA's ``is_causal=True`` instead,
+    when no lse, softcap or gradient is asked for and ``q``, ``k``, ``v`` are
+    finite (:func:`~attnref_torch._numerics.known_finite`, one host read for the
+    whole packed batch, on the CPU only). Then every row has an allowed key
+    (``j = 0``) and every score is finite, so SDPA's masking, whether it adds
+    ``-inf`` or fills it, is attnref's selection. The dense op's general paths
+    would pay per sequence for what only non-finite inputs need.
+    """
+    fast = pattern is not None and not (return_lse or grad) and args.softcap is None and known_finite(q, k, v)
+    out = q.new_empty((int(args.cu_seqlens_q[-1]), args.q_heads, args.value_dim))  # every row is written below
+    lse = q.new_empty(out.shape[:-1]) if return_lse else None
     for rows, keys, one in _sequences(args):
-        out, lse = _run(kernel, _dense(q[rows]), _dense(k[keys]), _dense(v[keys]), one, return_lse)
-        outs.append(_packed(out))
-        lses.append(None if lse is None else _packed(lse))
-    return _joined(outs, lses, (0, args.q_heads, args.value_dim), q, return_lse)
+        qb, kb, vb = _dense(q[rows]), _dense(k[keys]), _dense(v[keys])
+        if fast and one.kv_len > 0 and is_causal_on(pattern, one):
+            out[rows] = _packed(_causal_sdpa(qb, kb, vb, one))
+            continue
+        out_b, lse_b = _run(kernel, qb, kb, vb, one, return_lse)
+        out[rows] = _packed(out_b)  # autograd records the copy into the slice
+        if lse is not None:
+            lse[rows] = _packed(lse_b)
+    return (out, lse) if return_lse else out
 
 
 def by_paged_sequence(
