@@ -287,7 +287,9 @@ def paged_attention(
     if sinks is not None:  # as in _attention; the caches are cast by sequence, after the gather
         q, sinks = q.to(compute_dtype(dtype)), sinks.to(compute_dtype(dtype))
     kernel = partial(_dense_path, paged.pattern, bias=None, mask=None, grad=grad, flex=flex)
-    result = by_paged_sequence(q, k_cache, v_cache, paged, kernel, return_lse=return_lse or sinks is not None)
+    result = by_paged_sequence(
+        q, k_cache, v_cache, paged, kernel, return_lse=return_lse or sinks is not None, grad=grad
+    )
     return _joined_sinks(result, sinks, None, dtype, return_lse)
 
 
