@@ -267,8 +267,9 @@ def paged_attention(
     return_lse: Any = False,
     flex: bool = False,
 ) -> Any:
-    """:func:`attnref.reference.paged_attention` on tensors: each sequence's used cache blocks
-    gathered for it alone, then the dense op (:func:`attnref_torch._sequences.by_paged_sequence`)."""
+    """:func:`attnref.reference.paged_attention` on tensors, one sequence at a time: a decoding
+    step streamed from the cache blocks, anything else on its used blocks gathered for it alone
+    (:func:`attnref_torch._sequences.by_paged_sequence`)."""
     q, k_cache, v_cache = checkable(q), checkable(k_cache), checkable(v_cache)
     for name, value in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("sinks", sinks)):
         if isinstance(value, torch.Tensor):

@@ -42,7 +42,7 @@ __all__ = ["CHUNK_BYTES", "SCORES_MAX_ELEMENTS", "key_range", "streamed_attentio
 
 #: Bytes of one chunk of gathered keys (compute dtype): about a core's share of the
 #: last-level cache, so that the gathered chunk is read back from the cache.
-CHUNK_BYTES = 1 << 21
+CHUNK_BYTES = 1 << 20
 #: Largest ``Hq x Lq x (hi - lo)`` score array of one sequence the streamed path builds.
 SCORES_MAX_ELEMENTS = 1 << 24
 
