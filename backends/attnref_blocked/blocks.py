@@ -26,8 +26,12 @@ class Inputs:
     """One call's inputs, prepared once: ``k`` contiguous in the compute dtype, ``bias`` and
     ``mask`` as 4-d views (no broadcast copy)."""
 
-    def __init__(self, xp: Any, q: Any, k: Any, pattern: Pattern, args: AttentionArgs, bias: Any, mask: Any):
+    def __init__(
+        self, xp: Any, q: Any, k: Any, pattern: Pattern, args: AttentionArgs, bias: Any, mask: Any,
+        matmul: Any = None,
+    ) -> None:  # fmt: skip
         self.xp = xp
+        self.matmul = xp.matmul if matmul is None else matmul  # the blocks' products (BlockConfig.matmul)
         self.args = args
         self.pattern = pattern
         self.dtype = compute_dtype(q.dtype)
@@ -95,10 +99,10 @@ def scores(
     hk, rows, n = h1 - h0, r1 - r0, j1 - j0
     k = ctx.k[task.batch, h0:h1, j0:j1]
     if transposed:
-        s = xp.matmul(k, qb.swapaxes(-1, -2), out=out)
+        s = ctx.matmul(k, qb.swapaxes(-1, -2), out=out)
         s4 = s.reshape(hk, n, g, rows)
     else:
-        s = xp.matmul(qb, k.swapaxes(-1, -2), out=out)
+        s = ctx.matmul(qb, k.swapaxes(-1, -2), out=out)
         s4 = s.reshape(hk, g, rows, n)
     if not scaled:
         s *= ctx.dtype.type(args.scale)

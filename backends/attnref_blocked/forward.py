@@ -55,8 +55,11 @@ STREAM_LIMIT = 1e36
 class _Forward(Inputs):
     """The call's inputs and outputs, and the float32 path's precomputed bounds."""
 
-    def __init__(self, xp: Any, q: Any, k: Any, v: Any, pattern: Pattern, args: AttentionArgs, bias: Any, mask: Any):
-        super().__init__(xp, q, k, pattern, args, bias, mask)
+    def __init__(
+        self, xp: Any, q: Any, k: Any, v: Any, pattern: Pattern, args: AttentionArgs, bias: Any, mask: Any,
+        matmul: Any = None,
+    ) -> None:  # fmt: skip
+        super().__init__(xp, q, k, pattern, args, bias, mask, matmul)
         v = v.astype(self.dtype, copy=False)
         self.bad_keys = nonfinite_keys(xp, v)  # (B, Lk) host bool, or None
         self.v_raw = v
@@ -139,7 +142,7 @@ def _run_task(ctx: _Forward, task: Task, scratch: _Scratch, key_block: int) -> N
         sink = None if ctx.sinks is None else ctx.sinks[h0 * g : h1 * g].reshape(hk, g, 1, 1)
         P, lse = masked_softmax(xp, s.reshape(hk, g, rows, hi - lo), ok, sink=sink)
         values = ctx.v_raw[task.batch, h0:h1, lo:hi][:, None]  # (hk, 1, keys, Dv): one kv head per group
-        out = weighted_sum(xp, P, values, lambda c: ok[..., c], ctx.bad_columns(task, lo, hi) - lo)
+        out = weighted_sum(xp, P, values, lambda c: ok[..., c], ctx.bad_columns(task, lo, hi) - lo, ctx.matmul)
     out, lse = out.reshape(hk * g, rows, -1), lse.reshape(hk * g, rows)
     if ctx.fast and ctx.sinks is not None:  # the other path counted the sink in its softmax
         out, lse = _with_sink(xp, out, lse, ctx.sinks[h0 * g : h1 * g, None])
@@ -191,7 +194,7 @@ def _stream(ctx: _Forward, task: Task, qb: Any, pieces: list, user: Any, scratch
         if bad.size:
             kept.append((bad, s[:, xp.asarray(bad - j0), :], shift_new))
         xp.exp(s, out=s)
-        part = xp.matmul(ctx.v[batch, h0:h1, :, j0:j1], s)
+        part = ctx.matmul(ctx.v[batch, h0:h1, :, j0:j1], s)
         if acc is None:
             acc = part
         else:
@@ -259,7 +262,7 @@ def attend(
 
     Returns ``out`` (and ``lse`` if ``return_lse``) in the dtype of ``q``.
     """
-    ctx = _Forward(xp, q, k, v, pattern, args, bias, mask)
+    ctx = _Forward(xp, q, k, v, pattern, args, bias, mask, config.matmul)
     if not ctx.fast:
         config = dataclasses.replace(config, key_block=0)  # the reference's steps: no streaming
     key_block = config.key_block

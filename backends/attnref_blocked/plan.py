@@ -14,6 +14,8 @@ backward kernels run the same plan.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 from attnref.patterns import Pattern, QueryBlock
 from attnref.validation import AttentionArgs
@@ -50,6 +52,11 @@ class BlockConfig:
         block costs kernel launches.
     threads : int
         Worker threads (1 = run on the calling thread).
+    matmul : callable, optional
+        The matrix product of the kernels' blocks, with ``numpy.matmul``'s
+        signature (``None``: the namespace's own ``matmul``). The NumPy backend
+        gives its worker threads a product on a private single-threaded BLAS
+        (:mod:`attnref_numpy._gemm`).
     """
 
     score_elements: int = 1 << 19
@@ -58,6 +65,7 @@ class BlockConfig:
     key_block: int = 512
     row_overhead: int = 8
     threads: int = 1
+    matmul: Callable[..., Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
