@@ -46,13 +46,15 @@ def _as_4d(array: Any) -> Any:
     return array.reshape((1,) * (4 - array.ndim) + tuple(array.shape))
 
 
-def nonfinite_keys(xp: Any, array: Any) -> np.ndarray | None:
+def nonfinite_keys(xp: Any, array: Any, extremes: tuple[float, float] | None = None) -> np.ndarray | None:
     """Host bool ``(B, L)``: positions whose row holds a NaN or inf in some head; None if all finite.
 
     Checked first through ``max``/``min`` (NaN and inf survive them), which
-    needs no temporary the size of ``array``.
+    needs no temporary the size of ``array``; ``extremes`` are those two if
+    the caller has them already.
     """
-    if np.isfinite(float(array.max())) and np.isfinite(float(array.min())):
+    high, low = (float(array.max()), float(array.min())) if extremes is None else extremes
+    if np.isfinite(high) and np.isfinite(low):
         return None
     return to_host(xp, ~xp.isfinite(array).all(axis=(1, 3)))
 
