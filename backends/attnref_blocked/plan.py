@@ -101,10 +101,13 @@ def plan(args: AttentionArgs, pattern: Pattern, config: BlockConfig) -> list[Tas
     """Cut the op into tasks, the most expensive first (for load balance)."""
     offsets = args.offsets()
     shape = dataclasses.replace(config, matmul=None)  # what the cut depends on (and hashable)
+    # Only plain patterns are cached: they are values; any other pattern-like object (such as a
+    # packed batch's) is planned afresh, so that the cache never keeps it alive.
+    planner = _sequence_plan if type(pattern) is Pattern else _sequence_plan.__wrapped__
     tasks = []
     for b, (q_len, kv_len) in enumerate(zip(args.q_lens().tolist(), args.kv_lens().tolist(), strict=True)):
         offset = int(offsets[b])
-        for heads, rows, keys, masked in _sequence_plan(
+        for heads, rows, keys, masked in planner(
             pattern, q_len, kv_len, offset, args.group, args.kv_heads, args.batch, shape
         ):  # fmt: skip
             tasks.append(Task(b, heads, rows, keys, masked, offset))
