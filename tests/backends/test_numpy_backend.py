@@ -756,3 +756,24 @@ def test_merge_attention_states_matches_reference(dtype):
     assert_conforms(got[0], ref[0], naive[0], dtype, finite_max(outs), "out")
     assert_conforms(got[1], ref[1], naive[1], dtype, max(1.0, finite_max(ref[1])), "lse")
     assert np.isfinite(got[0][0, 0]).all() and np.all(got[0][1, 1] == 0) and np.isnan(got[1][1, 2])
+
+
+def test_the_block_plan_is_cached_for_plain_patterns_only():
+    plan._sequence_plan.cache_clear()
+    q = np.zeros((2, 2, 300, 8), dtype=np.float32)
+    args = check_attention(q, q, q)
+    config = BlockConfig(score_elements=1 << 12, threads=2)
+    first = plan.plan(args, Pattern.window(16, 16), config)
+    info = plan._sequence_plan.cache_info()
+    assert (info.currsize, info.hits) == (1, 1)  # both batches share one sequence plan
+    assert plan.plan(args, Pattern.window(16, 16), config) == first
+
+    class Delegating:  # a pattern-like object that is not a plain Pattern (as a packed batch's is)
+        def __init__(self, pattern):
+            self.pattern = pattern
+
+        def __getattr__(self, name):
+            return getattr(self.pattern, name)
+
+    assert plan.plan(args, Delegating(Pattern.window(16, 16)), config) == first
+    assert plan._sequence_plan.cache_info().currsize == 1
