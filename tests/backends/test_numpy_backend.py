@@ -777,3 +777,81 @@ def test_the_block_plan_is_cached_for_plain_patterns_only():
 
     assert plan.plan(args, Delegating(Pattern.window(16, 16)), config) == first
     assert plan._sequence_plan.cache_info().currsize == 1
+
+
+# -- paged decoding, streamed chunk by chunk (attnref_blocked.decode) ------------------
+def paged_case(rng, dt, lengths=(37, 21, 0), q_len=1, block=4, heads=(4, 2)):
+    """Caches whose blocks sit in a shuffled order, the table's unused entries -1."""
+    used = [-(-n // block) for n in lengths]
+    order = rng.permutation(sum(used) + 2)  # two blocks no sequence uses
+    table = np.full((len(lengths), max(used)), -1)
+    for b, start in enumerate(np.cumsum([0, *used[:-1]])):
+        table[b, : used[b]] = order[start : start + used[b]]
+    shape = (len(order), block, heads[1])
+    k_cache, v_cache = rng.standard_normal((*shape, 8)).astype(dt), rng.standard_normal((*shape, 5)).astype(dt)
+    k_cache[order[-2:]] = v_cache[order[-2:]] = np.nan  # never read
+    q = rng.standard_normal((len(lengths), heads[0], q_len, 8)).astype(dt)
+    return q, k_cache, v_cache, {"block_table": table, "cache_seqlens": np.array(lengths)}
+
+
+def cache_slot(options, b, t):
+    """``(block, offset)`` of key ``t`` of sequence ``b``."""
+    return options["block_table"][b, t // 4], t % 4
+
+
+@pytest.mark.parametrize("backend", [TINY, DEFAULT], ids=["tiny", "default"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_paged_non_finite_values_match_reference(backend, dtype):
+    """A NaN or inf value or key reaches exactly the rows that may see it: through a weight of 0
+    only where allowed, never from outside a window (the streamed kernel hands such a sequence
+    to the exact dense kernel)."""
+    rng = np.random.default_rng(40)
+    q, k_cache, v_cache, options = paged_case(rng, numpy_dtype(dtype), q_len=3)
+    v_cache[cache_slot(options, 0, 2)] = np.nan  # outside the window of every row of sequence 0
+    v_cache[cache_slot(options, 0, 30)][0] = np.inf  # inside: inf in kv head 0's rows
+    k_cache[cache_slot(options, 1, 1)] = np.nan  # outside the window: never a score
+    v_cache[cache_slot(options, 1, 20)][1] = -np.inf
+    q[0, 1, 0] = -1e30  # kv head 0 scores: exp underflows to exactly 0, times inf: NaN as the reference
+    for kwargs in ({"window": (6, 0)}, {"window": (9, 0), "causal": True, "softcap": 3.0}):
+        check_multihead(backend, "paged_attention", dtype, q, k_cache, v_cache, **options, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("direction", [1, -1])
+def test_paged_online_softmax_rescales(dtype, direction):
+    """Scores that grow (or shrink) by far more than exp's range along the cache: each 4-key chunk
+    moves the running maximum, and the earlier chunks' sums must be rescaled, not lost or overflowed."""
+    rng = np.random.default_rng(41)
+    dt = numpy_dtype(dtype)
+    q, k_cache, v_cache, options = paged_case(rng, dt, lengths=(37, 9))
+    for b, n in enumerate(options["cache_seqlens"]):
+        for t in range(n):
+            block, offset = cache_slot(options, b, t)
+            k_cache[block, offset] *= dt.type(1 + direction * 0.5 * t)
+    q *= dt.type(30)
+    check_multihead(TINY, "paged_attention", dtype, q, k_cache, v_cache, **options, sinks=np.array([1.0, 0, -2, 5]))
+
+
+def test_paged_decoding_streams_without_a_dense_copy():
+    """Finite decoding never calls the dense kernel (nor builds a sequence's key array); a non-finite
+    value sends exactly its sequence there."""
+    from attnref.validation import check_paged
+    from attnref_blocked import paged
+
+    rng = np.random.default_rng(42)
+    q, k_cache, v_cache, options = paged_case(rng, np.float32)
+    args = check_paged(q, k_cache, v_cache, **options, causal=False, window=None, scale=None, softcap=None,
+                       sinks=None, align="bottom_right", return_lse=True)  # fmt: skip
+    calls = []
+
+    def kernel(q, k, v, one):
+        calls.append(one.kv_len)
+        return reference.global_attention(q, k, v, return_lse=True)
+
+    config = BlockConfig(key_block=8, threads=2)
+    out, _ = paged.paged_attention(np, q, k_cache, v_cache, args, kernel, config)
+    assert calls == []
+    np.testing.assert_allclose(out, reference.paged_attention(q, k_cache, v_cache, **options), atol=1e-5)
+    v_cache[cache_slot(options, 1, 3)] = np.nan
+    paged.paged_attention(np, q, k_cache, v_cache, args, kernel, config)
+    assert calls == [21]
