@@ -39,8 +39,8 @@ from .common import (
     REFERENCE,
     SMOKE,
     Prepared,
-    _MemorySuite,
-    _TimeSuite,
+    _CaseMemorySuite,
+    _CaseTimeSuite,
     backend_prepared,
     grid,
     registered_backends,
@@ -188,33 +188,15 @@ def _sdpa(
     return Prepared(lambda: run_on(lambda b: gather(tk, b), lambda b: gather(tv, b)), torch_to_numpy)
 
 
-class PagedDecode(_TimeSuite):
+class PagedDecode(_CaseTimeSuite, impls=IMPLS, cases=CASES, prepare=prepare_paged, check=check_paged):
     """Time of one decoding step over a paged KV cache (see the module's docstring)."""
-
-    params = (IMPLS, list(CASES))
-    param_names = ("impl", "case")
-
-    def prepared_for(self, impl: str, *params: Any) -> Prepared:
-        case = CASES[params[0]]
-        prepared = prepare_paged(impl, case)
-        check_paged(prepared, impl, case)
-        return prepared
 
     def time_paged_decode(self, impl: str, case: str) -> None:
         self.prepared.run()
 
 
-class PagedDecodeMemory(_MemorySuite):
+class PagedDecodeMemory(_CaseMemorySuite, impls=IMPLS, cases=CASES, prepare=prepare_paged, warm_up_case=WARM_UP_CASE):
     """Peak memory of one decoding step (see ``common._MemorySuite``), and the cache's own size."""
-
-    params = (IMPLS, list(CASES))
-    param_names = ("impl", "case")
-
-    def prepared_for(self, impl: str, *params: Any) -> Prepared:
-        return prepare_paged(impl, CASES[params[0]])
-
-    def warm_up_small(self, impl: str, *params: Any) -> None:
-        prepare_paged(impl, WARM_UP_CASE).run()
 
     def peakmem_paged_decode(self, impl: str, case: str) -> None:
         self.prepared.run()

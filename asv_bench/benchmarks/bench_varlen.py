@@ -32,8 +32,8 @@ from .common import (
     REFERENCE,
     SMOKE,
     Prepared,
-    _MemorySuite,
-    _TimeSuite,
+    _CaseMemorySuite,
+    _CaseTimeSuite,
     backend_prepared,
     grid,
     registered_backends,
@@ -154,33 +154,15 @@ def _sdpa(impl: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, cu: np.ndarray
     return Prepared(run, torch_to_numpy)
 
 
-class Varlen(_TimeSuite):
+class Varlen(_CaseTimeSuite, impls=IMPLS, cases=CASES, prepare=prepare_varlen, check=check_varlen):
     """Time of causal attention over a packed batch (see the module's docstring)."""
-
-    params = (IMPLS, list(CASES))
-    param_names = ("impl", "case")
-
-    def prepared_for(self, impl: str, *params: Any) -> Prepared:
-        case = CASES[params[0]]
-        prepared = prepare_varlen(impl, case)
-        check_varlen(prepared, impl, case)
-        return prepared
 
     def time_varlen(self, impl: str, case: str) -> None:
         self.prepared.run()
 
 
-class VarlenMemory(_MemorySuite):
+class VarlenMemory(_CaseMemorySuite, impls=IMPLS, cases=CASES, prepare=prepare_varlen, warm_up_case=WARM_UP_CASE):
     """Peak memory of causal attention over a packed batch (see ``common._MemorySuite``)."""
-
-    params = (IMPLS, list(CASES))
-    param_names = ("impl", "case")
-
-    def prepared_for(self, impl: str, *params: Any) -> Prepared:
-        return prepare_varlen(impl, CASES[params[0]])
-
-    def warm_up_small(self, impl: str, *params: Any) -> None:
-        prepare_varlen(impl, WARM_UP_CASE).run()
 
     def peakmem_varlen(self, impl: str, case: str) -> None:
         self.prepared.run()

@@ -554,6 +554,51 @@ class _MemorySuite:
     track_extra_memory.unit = "MiB"  # type: ignore[attr-defined]
 
 
+class _CaseTimeSuite(_TimeSuite):
+    """A ``time_`` suite over ``(impl, case)``: the ``impls`` by the named ``cases`` of one module.
+
+    A subclass names them in its class statement, ``class Varlen(_CaseTimeSuite, impls=IMPLS,
+    cases=CASES, prepare=prepare_varlen, check=check_varlen)``, and adds its ``time_`` method:
+    ``prepare(impl, case)`` makes the :class:`Prepared` (``NotImplementedError`` to skip) and
+    ``check(prepared, impl, case)`` compares it with the reference in the smoke run.
+    """
+
+    def __init_subclass__(
+        cls, *, impls: list[str], cases: dict[str, Any], prepare: Callable[..., Prepared],
+        check: Callable[..., None], **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init_subclass__(**kwargs)
+        cls.params = (impls, list(cases))
+        cls.param_names = ("impl", "case")
+        cls.cases, cls.prepare, cls.check = cases, staticmethod(prepare), staticmethod(check)
+
+    def prepared_for(self, impl: str, *params: Any) -> Prepared:
+        case = self.cases[params[0]]
+        prepared = self.prepare(impl, case)
+        self.check(prepared, impl, case)
+        return prepared
+
+
+class _CaseMemorySuite(_MemorySuite):
+    """The memory suite of the same ``(impl, case)`` grid (see :class:`_CaseTimeSuite`); its warm-up
+    runs ``warm_up_case``, a small case of the same kind."""
+
+    def __init_subclass__(
+        cls, *, impls: list[str], cases: dict[str, Any], prepare: Callable[..., Prepared], warm_up_case: Any,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init_subclass__(**kwargs)
+        cls.params = (impls, list(cases))
+        cls.param_names = ("impl", "case")
+        cls.cases, cls.prepare, cls.warm_up_case = cases, staticmethod(prepare), warm_up_case
+
+    def prepared_for(self, impl: str, *params: Any) -> Prepared:
+        return self.prepare(impl, self.cases[params[0]])
+
+    def warm_up_small(self, impl: str, *params: Any) -> None:
+        self.prepare(impl, self.warm_up_case).run()
+
+
 # -- distance to the machine's matmul peak ------------------------------------------------------------
 
 #: Size of the square fp32 GEMM that stands for the machine's matmul peak.
