@@ -67,6 +67,7 @@ __all__ = [
     "reference_output",
     "max_abs_error",
     "check_smoke",
+    "assert_matches",
     "backend_object",
     "backend_prepared",
     "warm_up_or_skip",
@@ -430,11 +431,15 @@ def max_abs_error(prepared: Prepared, expected: np.ndarray) -> float:
 
 def check_smoke(prepared: Prepared, impl: str, case_name: str, size: int, dtype: str = "float32") -> None:
     """In the smoke run, fail loudly if an implementation computes something else than the reference."""
-    if not SMOKE:
-        return
-    error = max_abs_error(prepared, reference_output(case_name, size, dtype))
+    if SMOKE:
+        assert_matches(prepared, reference_output(case_name, size, dtype), f"{impl} on {case_name} at size {size}")
+
+
+def assert_matches(prepared: Prepared, expected: np.ndarray, what: str) -> None:
+    """The smoke run's check of one implementation on one case (``what``) against the reference's ``expected``."""
+    error = max_abs_error(prepared, expected)
     if not error <= 1e-3:  # fp32 attention is ~1e-6 off; a wrong pattern is ~1e-1 off
-        raise AssertionError(f"{impl} on {case_name} at size {size}: max |out - reference| = {error:.3g}")
+        raise AssertionError(f"{what}: max |out - reference| = {error:.3g}")
 
 
 # -- memory -------------------------------------------------------------------------------------
