@@ -315,7 +315,12 @@ def attention_vjp(
         upstream = [_upstream("dout", dout, result[0])]
         if dlse is not None:
             upstream.append(_upstream("dlse", dlse, result[1]))
-        grads = torch.autograd.grad(result[: len(upstream)], list(leaves.values()), upstream, allow_unused=True)
+        # An output no input reaches (every packed sequence without keys: zeros built from
+        # nothing) has no graph; its gradients are zero, as the contract asks of rows without keys.
+        linked = [(o, u) for o, u in zip(result, upstream, strict=False) if o.requires_grad]
+        grads = (None,) * len(leaves) if not linked else torch.autograd.grad(
+            [o for o, _ in linked], list(leaves.values()), [u for _, u in linked], allow_unused=True
+        )  # fmt: skip
     return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves.values(), strict=True))
 
 
