@@ -27,13 +27,16 @@ Selections, never products with 0, keep the contract's edge cases exact:
 * a NaN sink makes its head's lse, its rows' outputs (those with a key) and
   every gradient they feed NaN; rows without a key keep output 0.
 
-Known gap (speed): the sink needs the path's lse, and today only the blocked
-path (and FlexAttention on CUDA) return one, so a call with sinks leaves SDPA
-and the banded path: on a loaded 2-core CPU, fp32, H=8, L=2048, D=64, it took
-1.8x the time of the same call without sinks for causal global attention and
-4.2x for a 256-key causal window (issue 11's target is 1.05x). An lse from
-SDPA (``aten._scaled_dot_product_flash_attention_for_cpu`` returns one) and
-from the banded path would close it.
+Speed: the sink needs the path's lse. On the CPU the banded path gives one
+from ATen's CPU flash-attention kernel (:mod:`attnref_torch._banded`, global
+calls included), so a call with sinks runs the same kernel as without them
+(a global call SDPA takes goes through the banded path, whose bands are then
+the whole key range) and pays only the join above, a few passes over ``out``
+and ``lse``. Before,
+it fell to the blocked path: 1.8x the time without sinks for causal global
+attention and 4.2x for a 256-key causal window (fp32, H=8, L=2048, D=64, a
+loaded 2-core CPU); issue 11's target is 1.05x. On CUDA the lse comes from the
+blocked path (or FlexAttention), as before.
 """
 
 from __future__ import annotations
