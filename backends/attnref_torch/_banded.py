@@ -112,7 +112,8 @@ def banded_attention(
         return out if mask is not None else values_put_back(out, None, v, pattern, args)
     dt = compute_dtype(q.dtype) if requires_grad else q.dtype
     bias = None if bias is None else bias.to(dt)
-    out, lse = BandedFunction.apply(q.to(dt), k.to(dt), v.to(dt), bias, mask, pattern, args)
+    # with a gradient banded_applies found v finite: nothing to set to 0 or put back
+    out, lse = BandedFunction.apply(q.to(dt), k.to(dt), v.to(dt), bias, mask, pattern, args, requires_grad)
     out = out.to(q.dtype)
     return (out, lse.to(q.dtype)) if return_lse else out
 
@@ -122,9 +123,10 @@ class BandedFunction(torch.autograd.Function):
     flash-attention kernel's ops, step by step (see the module's docstring)."""
 
     @staticmethod
-    def forward(ctx: Any, q, k, v, bias, mask, pattern, args):  # type: ignore[override]
-        out, lse_kernel, lse = _Runner.of(q, k, v, pattern, args, bias=bias, mask=mask, with_lse=True).forward()
-        if mask is None:  # v is finite with a mask (and always with a gradient)
+    def forward(ctx: Any, q, k, v, bias, mask, pattern, args, v_finite):  # type: ignore[override]
+        runner = _Runner.of(q, k, v, pattern, args, bias=bias, mask=mask, with_lse=True, v_finite=v_finite)
+        out, lse_kernel, lse = runner.forward()
+        if mask is None and not v_finite:  # v is finite with a mask
             out = values_put_back(out, None, v, pattern, args)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, bias, mask, out, lse_kernel, lse)
@@ -136,17 +138,17 @@ class BandedFunction(torch.autograd.Function):
     def backward(ctx: Any, dout, dlse):  # type: ignore[override]
         q, k, v, bias, mask, out, lse_kernel, lse = ctx.saved_tensors
         if dout is None and dlse is None:
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None
         live = lse != float("-inf")  # rows with no allowed key never read dout or dlse
         zero = torch.zeros((), dtype=out.dtype, device=out.device)
         dout = torch.zeros_like(out) if dout is None else torch.where(live[..., None], dout, zero)
         dlse = None if dlse is None else torch.where(live, dlse, zero)
         if known_finite(dout, dlse):
-            runner = _Runner.of(q, k, v, ctx.pattern, ctx.args, bias=bias, mask=mask, with_lse=True)
+            runner = _Runner.of(q, k, v, ctx.pattern, ctx.args, bias=bias, mask=mask, with_lse=True, v_finite=True)
             dq, dk, dv = runner.backward(out, lse_kernel, dout, dlse)
         else:
             dq, dk, dv = blocked_backward(q, k, v, bias, mask, ctx.pattern, ctx.args, dout, dlse)
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 class _MaskCache:
@@ -208,10 +210,13 @@ class _Runner:
         self.with_lse = with_lse
 
     @classmethod
-    def of(cls, q, k, v, pattern: Pattern, args: AttentionArgs, *, bias, mask, with_lse: bool) -> _Runner:
-        """The runner of one call: ``k`` contiguous, ``v``'s non-finite entries set to 0."""
+    def of(
+        cls, q, k, v, pattern: Pattern, args: AttentionArgs, *, bias, mask, with_lse: bool, v_finite: bool = False
+    ) -> _Runner:
+        """The runner of one call: ``k`` contiguous, ``v``'s non-finite entries set to 0
+        (unless ``v_finite``: known finite)."""
         return cls(
-            q=q, k=k.contiguous(), v=finite_part(v).contiguous(), pattern=pattern, args=args,
+            q=q, k=k.contiguous(), v=(v if v_finite else finite_part(v)).contiguous(), pattern=pattern, args=args,
             bias5=as5d(None if bias is None else bias.to(q.dtype), args.kv_heads, args.group),
             mask5=as5d(mask, args.kv_heads, args.group), with_lse=with_lse,
         )  # fmt: skip
@@ -264,9 +269,9 @@ class _Runner:
                     attn_mask, _ = self._attn_mask(b, group, blocks, row_index, key_index)
                     dl = None if dlse is None else self._take(dlse[b], blocks, rows, row_index)
                     dqb, dkb, dvb = _sdpa.flash_backward(
-                        self._take(dout[b], blocks, rows, row_index).contiguous(), q, k, v,
-                        self._take(out[b], blocks, rows, row_index).contiguous(),
-                        self._take(lse_kernel[b], blocks, rows, row_index).contiguous(),
+                        self._take(dout[b], blocks, rows, row_index), q, k, v,
+                        self._take(out[b], blocks, rows, row_index),
+                        self._take(lse_kernel[b], blocks, rows, row_index),
                         dlse=dl, attn_mask=self._additive(attn_mask), scale=a.scale, group=a.group,
                     )  # fmt: skip
                     self._put(dq[b], blocks, rows, dqb)
