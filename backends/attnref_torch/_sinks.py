@@ -70,6 +70,8 @@ def with_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tup
     ``sinks`` (of ``lse``'s shape, one per row, see :func:`row_sinks`) joined in.
 
     All three in one floating dtype; differentiable in each (see the module's docstring).
+    ``out`` is overwritten with ``out'`` when it requires no gradient (a path's fresh
+    result: on a CPU VM a new array of its size costs more than the join's arithmetic).
     """
     return SinkFunction.apply(out, lse, sinks)
 
@@ -91,7 +93,12 @@ class SinkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, out, lse, sinks):  # type: ignore[override]
         keys, lse2, w, p = _shares(lse, sinks)
-        out2 = torch.where(keys[..., None], w[..., None] * out, 0.0).to(out.dtype)
+        if out.requires_grad:  # another backward may have saved it
+            out2 = out * w[..., None]
+        else:  # a path's fresh result that nothing else reads: no new (B, H, L, Dv) array
+            out2 = out.mul_(w[..., None])
+            ctx.mark_dirty(out)
+        out2.masked_fill_(~keys[..., None], 0.0)  # selected: rows without a key are 0 whatever out holds
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(out2, keys, w, p, sinks != NEG_INF)
         return out2, lse2
