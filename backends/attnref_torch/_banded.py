@@ -144,9 +144,12 @@ class BandedFunction(torch.autograd.Function):
         if dout is None and dlse is None:
             return None, None, None, None, None, None, None, None
         live = lse != float("-inf")  # rows with no allowed key never read dout or dlse
-        zero = torch.zeros((), dtype=out.dtype, device=out.device)
-        dout = torch.zeros_like(out) if dout is None else torch.where(live[..., None], dout, zero)
-        dlse = None if dlse is None else torch.where(live, dlse, zero)
+        if dout is None:
+            dout = torch.zeros_like(out)
+        elif not bool(live.all()):  # a host read: this path runs on the CPU only
+            dout = torch.where(live[..., None], dout, torch.zeros((), dtype=dout.dtype))
+        if dlse is not None:
+            dlse = torch.where(live, dlse, torch.zeros((), dtype=dlse.dtype))
         if known_finite(dout, dlse):
             runner = _Runner.of(q, k, v, ctx.pattern, ctx.args, bias=bias, mask=mask, with_lse=True, grad=True)
             dq, dk, dv = runner.backward(out, lse_kernel, dout, dlse)
