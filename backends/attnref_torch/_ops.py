@@ -297,8 +297,9 @@ def attention_vjp(
 ) -> tuple[torch.Tensor, ...]:
     """``(dq, dk, dv)``, then ``dbias`` with a bias, then ``dsinks`` with sinks, of ``op`` at ``(q, k, v)``.
 
-    Through the blocked path's own backward and the sinks' (autograd records
-    both). The gradients have the dtypes and shapes of their inputs; ``dbias``
+    Through the chosen path's own backward (the banded path's through the CPU
+    flash-attention kernel, else the blocked path's) and the sinks' (autograd
+    records both). The gradients have the dtypes and shapes of their inputs; ``dbias``
     has the bias's own shape (summed over the axes it broadcasts along).
     """
     names = ["q", "k", "v"] + [name for name in ("bias", "sinks") if kwargs.get(name) is not None]

@@ -11,8 +11,9 @@ synchronisation on CUDA):
   infinity (a kernel multiplies, attnref selects), and a NaN or ``+inf`` score
   makes its row NaN in both;
 * no ``softcap`` and no ``return_lse`` (SDPA offers neither);
-* no input requires a gradient (the blocked path's own backward keeps the
-  contract's rule that a row whose scores are all ``-inf`` never reads ``dout``).
+* no input requires a gradient (the banded and blocked paths' own backwards
+  keep the contract's rule that a row whose scores are all ``-inf`` never reads
+  ``dout``).
 
 A row whose scores are all ``-inf`` (a ``-inf`` bias row) is 0 in attnref;
 torch 2.13's CPU kernels give 0 too (tested).

@@ -45,6 +45,8 @@ from typing import Any
 
 import torch
 
+from attnref_torch._numerics import reads_values_on
+
 __all__ = ["row_sinks", "with_sinks"]
 
 NEG_INF = float("-inf")
@@ -98,7 +100,8 @@ class SinkFunction(torch.autograd.Function):
         else:  # a path's fresh result that nothing else reads: no new (B, H, L, Dv) array
             out2 = out.mul_(w[..., None])
             ctx.mark_dirty(out)
-        out2.masked_fill_(~keys[..., None], 0.0)  # selected: rows without a key are 0 whatever out holds
+        if not (reads_values_on(out.device) and bool(keys.all())):  # on the CPU: only if a row has no key
+            out2.masked_fill_(~keys[..., None], 0.0)  # selected: rows without a key are 0 whatever out holds
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(out2, keys, w, p, sinks != NEG_INF)
         return out2, lse2
