@@ -177,10 +177,10 @@ class ArrayBackend:
         )  # fmt: skip
         config = self.block_config(args)
 
-        def kernel(q: Any, k: Any, v: Any, args: AttentionArgs) -> tuple[Any, Any]:
+        def kernel(q: Any, k: Any, v: Any, args: AttentionArgs, pattern: Pattern) -> tuple[Any, Any]:
             return attend(xp, q, k, v, pattern, args, bias=bias, mask=mask, return_lse=True, config=config)
 
-        out, lse = self._run(lambda: packed.by_sequence(xp, q, k, v, args, kernel), config)
+        out, lse = self._run(lambda: packed.by_sequence(xp, q, k, v, args, kernel, pattern), config)
         return (out, lse) if return_lse else out
 
     def _backward(
@@ -220,7 +220,7 @@ class ArrayBackend:
         def kernel(q: Any, k: Any, v: Any, args: AttentionArgs) -> tuple[Any, Any]:
             return attend(xp, q, k, v, paged_args.pattern, args, bias=None, mask=None, return_lse=True, config=config)
 
-        out, lse = self._run(lambda: paged.paged_attention(xp, q, k_cache, v_cache, paged_args, kernel), config)
+        out, lse = self._run(lambda: paged.paged_attention(xp, q, k_cache, v_cache, paged_args, kernel, config), config)
         return (out, lse) if return_lse else out
 
     def merge_attention_states(self, outs: Any, lses: Any) -> tuple[Any, Any]:
