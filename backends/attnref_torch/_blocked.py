@@ -71,7 +71,7 @@ from attnref_torch._numerics import (
 )
 from attnref_torch._plan import Block, Group, as5d, block_rows, cut_tiles, groups, indices, plan, ranges
 
-__all__ = ["blocked_attention", "block_rows", "values_put_back"]
+__all__ = ["blocked_attention", "blocked_backward", "block_rows", "values_put_back"]
 
 #: Largest score array of one batched step, in elements, on the CPU and on CUDA.
 CPU_STEP_ELEMENTS = 1 << 23
@@ -121,6 +121,26 @@ def blocked_attention(
     out, lse = BlockedFunction.apply(q.to(dt), k.to(dt), v.to(dt), bias, mask, pattern, args)
     out = out.to(q.dtype)
     return (out, lse.to(q.dtype)) if return_lse else out
+
+
+def blocked_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    pattern: Pattern,
+    args: AttentionArgs,
+    dout: torch.Tensor | None,
+    dlse: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` of the op at ``(q, k, v)`` (compute dtype, bias without gradient) by the
+    blocked path, its forward recomputed: for another path's backward where only this one
+    keeps the contract's rules (non-finite upstream gradients)."""
+    run = _Run(q, k, v, bias, mask, pattern, args)
+    out, lse, mz = run.forward()
+    dq, dk, dv, _ = run.backward(out, lse, mz, dout, dlse, bias_grad=False)
+    return dq, dk, dv
 
 
 class BlockedFunction(torch.autograd.Function):

@@ -11,8 +11,9 @@ and options (on CUDA never from the values: no device synchronisation):
 * :mod:`attnref_torch._flex` (compiled FlexAttention) on CUDA when switched on
   and applicable;
 * :mod:`attnref_torch._banded` (SDPA over key bands) on the CPU without
-  softcap, lse or gradient, when the scores are finite (a host read that waits
-  for no device on the CPU);
+  softcap, when the scores are finite (a host read that waits for no device on
+  the CPU); with the lse or a gradient through the CPU flash-attention kernel's
+  ops, its own backward included (the lse of any global call too);
 * else :mod:`attnref_torch._blocked`, which handles every case, with its own
   backward pass;
 * the pooling ops: :mod:`attnref_torch._pooling`.
@@ -230,7 +231,7 @@ def _dense_path(
         if result is not None:
             return result
     if banded_applies(q, k, v, args, bias=bias, mask=mask, return_lse=return_lse, requires_grad=grad):
-        return banded_attention(q, k, v, pattern, args, bias=bias, mask=mask)
+        return banded_attention(q, k, v, pattern, args, bias=bias, mask=mask, return_lse=return_lse, requires_grad=grad)
     return blocked_attention(q, k, v, pattern, args, bias=bias, mask=mask, return_lse=return_lse)
 
 
@@ -299,8 +300,9 @@ def attention_vjp(
 ) -> tuple[torch.Tensor, ...]:
     """``(dq, dk, dv)``, then ``dbias`` with a bias, then ``dsinks`` with sinks, of ``op`` at ``(q, k, v)``.
 
-    Through the blocked path's own backward and the sinks' (autograd records
-    both). The gradients have the dtypes and shapes of their inputs; ``dbias``
+    Through the chosen path's own backward (the banded path's through the CPU
+    flash-attention kernel, else the blocked path's) and the sinks' (autograd
+    records both). The gradients have the dtypes and shapes of their inputs; ``dbias``
     has the bias's own shape (summed over the axes it broadcasts along).
     """
     names = ["q", "k", "v"] + [name for name in ("bias", "sinks") if kwargs.get(name) is not None]

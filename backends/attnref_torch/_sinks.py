@@ -27,13 +27,16 @@ Selections, never products with 0, keep the contract's edge cases exact:
 * a NaN sink makes its head's lse, its rows' outputs (those with a key) and
   every gradient they feed NaN; rows without a key keep output 0.
 
-Known gap (speed): the sink needs the path's lse, and today only the blocked
-path (and FlexAttention on CUDA) return one, so a call with sinks leaves SDPA
-and the banded path: on a loaded 2-core CPU, fp32, H=8, L=2048, D=64, it took
-1.8x the time of the same call without sinks for causal global attention and
-4.2x for a 256-key causal window (issue 11's target is 1.05x). An lse from
-SDPA (``aten._scaled_dot_product_flash_attention_for_cpu`` returns one) and
-from the banded path would close it.
+Speed: the sink needs the path's lse. On the CPU the banded path gives one
+from ATen's CPU flash-attention kernel (:mod:`attnref_torch._banded`, global
+calls included), so a call with sinks runs the same kernel as without them
+(a global call SDPA takes goes through the banded path, whose bands are then
+the whole key range) and pays only the join above, a few passes over ``out``
+and ``lse``. Before,
+it fell to the blocked path: 1.8x the time without sinks for causal global
+attention and 4.2x for a 256-key causal window (fp32, H=8, L=2048, D=64, a
+loaded 2-core CPU); issue 11's target is 1.05x. On CUDA the lse comes from the
+blocked path (or FlexAttention), as before.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from attnref_torch._numerics import reads_values_on
 
 __all__ = ["row_sinks", "with_sinks"]
 
@@ -67,6 +72,8 @@ def with_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tup
     ``sinks`` (of ``lse``'s shape, one per row, see :func:`row_sinks`) joined in.
 
     All three in one floating dtype; differentiable in each (see the module's docstring).
+    ``out`` is overwritten with ``out'`` when it requires no gradient (a path's fresh
+    result: on a CPU VM a new array of its size costs more than the join's arithmetic).
     """
     return SinkFunction.apply(out, lse, sinks)
 
@@ -88,7 +95,13 @@ class SinkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, out, lse, sinks):  # type: ignore[override]
         keys, lse2, w, p = _shares(lse, sinks)
-        out2 = torch.where(keys[..., None], w[..., None] * out, 0.0).to(out.dtype)
+        if out.requires_grad:  # another backward may have saved it
+            out2 = out * w[..., None]
+        else:  # a path's fresh result that nothing else reads: no new (B, H, L, Dv) array
+            out2 = out.mul_(w[..., None])
+            ctx.mark_dirty(out)
+        if not (reads_values_on(out.device) and bool(keys.all())):  # on the CPU: only if a row has no key
+            out2.masked_fill_(~keys[..., None], 0.0)  # selected: rows without a key are 0 whatever out holds
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(out2, keys, w, p, sinks != NEG_INF)
         return out2, lse2

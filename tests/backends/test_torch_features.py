@@ -103,6 +103,24 @@ def test_a_nan_sink_poisons_its_head_only(cpu):
         np.testing.assert_array_equal(np.isnan(g.numpy()), np.isnan(r), err_msg=name)
 
 
+def test_the_sink_join_selects_rows_without_a_key_and_overwrites_only_an_output_without_gradient():
+    from attnref_torch._sinks import row_sinks, with_sinks
+
+    lse = torch.tensor([[[0.5, float("-inf"), 1.0]]], dtype=torch.float64)  # (B=1, H=1, L=3)
+    sinks = row_sinks(torch.tensor([0.25], dtype=torch.float64), tuple(lse.shape))
+    out = torch.ones(1, 1, 3, 2, dtype=torch.float64)
+    out[0, 0, 1] = float("nan")  # a row without a key: selected away, never multiplied
+    expected = torch.exp(lse - torch.logaddexp(lse, sinks))[..., None] * torch.ones(2, dtype=torch.float64)
+    expected[0, 0, 1] = 0
+    joined, _ = with_sinks(out, lse, sinks)
+    assert joined.data_ptr() == out.data_ptr()  # a path's fresh result: no new array
+    torch.testing.assert_close(joined, expected)
+    leaf = torch.ones(1, 1, 3, 2, dtype=torch.float64, requires_grad=True)
+    joined, _ = with_sinks(leaf, lse, sinks)
+    assert joined.data_ptr() != leaf.data_ptr() and (leaf == 1).all()
+    torch.testing.assert_close(joined.detach(), expected)
+
+
 def _packed(rng, lengths_q, lengths_k, Hq=4, Hkv=2):
     cu_q, cu_k = np.concatenate([[0], np.cumsum(lengths_q)]), np.concatenate([[0], np.cumsum(lengths_k)])
     q, k = rng.standard_normal((cu_q[-1], Hq, 5)), rng.standard_normal((cu_k[-1], Hkv, 5))

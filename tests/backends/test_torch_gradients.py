@@ -1,4 +1,5 @@
-"""The torch backend's backward (its blocked path's own) against the reference VJPs and
+"""The torch backend's backward (the blocked path's own, and the banded path's through the
+CPU flash-attention kernel) against the reference VJPs and
 the contract's rule that masking selects in the backward too (section 6)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from attnref import reference as R  # noqa: E402
-from attnref_torch import TorchBackend, _numerics, _plan  # noqa: E402
+from attnref_torch import TorchBackend, _numerics, _plan, _sdpa  # noqa: E402
 
 CASES = {
     "global": ("global_attention", {}),
@@ -52,6 +53,33 @@ def test_matches_the_reference_vjp(backend, case):
     got = _vjp(backend, op, q, k, v, dout, dlse, bias=torch.from_numpy(bias), **options)
     for name, g, e in zip(("dq", "dk", "dv", "dbias"), got, expected, strict=True):
         np.testing.assert_allclose(g, e, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("gqa", ["enable_gqa", "heads repeated (torch < 2.5)"])
+@pytest.mark.parametrize("case", [c for c in CASES if "softcap" not in c])
+def test_the_banded_backward_matches_the_reference_vjp(backend, case, gqa, monkeypatch):
+    """Without a bias that needs a gradient the banded path's backward runs on the CPU
+    (the kernel's backward per step, ``dlse`` as its extra column, overlapping bands summed)."""
+    monkeypatch.setattr(_sdpa, "HAS_ENABLE_GQA", gqa == "enable_gqa")
+    op, options = CASES[case]
+    q, k, v, dout, dlse = _inputs(7)
+    mask = np.random.default_rng(8).random((2, 1, 11, 12)) < 0.8
+    mask[0, 0, 3] = False  # a row with no allowed key
+    for extra in ({}, {"mask": mask}):
+        expected = getattr(R, op + "_vjp")(q, k, v, dout, dlse=dlse, **options, **extra)
+        got = _vjp(backend, op, q, k, v, dout, dlse, **options, **{n: torch.from_numpy(m) for n, m in extra.items()})
+        for name, g, e in zip(("dq", "dk", "dv"), got, expected, strict=True):
+            np.testing.assert_allclose(g, e, atol=1e-12, err_msg=name)
+
+
+def test_the_banded_backward_with_sinks_matches_the_reference_vjp(backend):
+    q, k, v, dout, dlse = _inputs(9)
+    sinks = np.array([0.5, -1.0, 2.0, -np.inf])
+    expected = R.local_attention_vjp(q, k, v, dout, dlse=dlse, window=(3, 1), sinks=sinks)
+    t = [torch.from_numpy(a) for a in (q, k, v, dout, dlse)]
+    got = backend.local_attention_vjp(*t[:4], dlse=t[4], window=(3, 1), sinks=torch.from_numpy(sinks))
+    for name, g, e in zip(("dq", "dk", "dv", "dsinks"), got, expected, strict=True):
+        np.testing.assert_allclose(g.numpy(), e, atol=1e-12, err_msg=name)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from attnref import reference as R  # noqa: E402
 from attnref.validation import check_attention  # noqa: E402
-from attnref_torch import TorchBackend, _blocked, _flex, _numerics, _ops, _sdpa  # noqa: E402
+from attnref_torch import TorchBackend, _banded, _blocked, _flex, _numerics, _ops, _sdpa  # noqa: E402
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_sdpa_when_every_row_sees_every_key_and_nothing_else_is_asked(cpu, spy):
     assert spy == ["sdpa"] * 5
 
 
-def test_banded_on_the_cpu_for_finite_scores_without_softcap_lse_or_gradient(cpu, spy):
+def test_banded_on_the_cpu_for_finite_scores_without_softcap(cpu, spy):
     q, k, v = _qkv(np.random.default_rng(1))
     cpu.local_attention(q, k, v, window=(3, 2))
     cpu.chunked_attention(q, k, v, chunk_size=4, causal=True)
@@ -64,17 +64,64 @@ def test_banded_on_the_cpu_for_finite_scores_without_softcap_lse_or_gradient(cpu
     assert spy == ["banded"] * 5
 
 
-def test_blocked_for_softcap_lse_gradients_and_non_finite_scores(cpu, spy):
+def test_banded_gives_the_lse_and_gradients_through_the_flash_kernel_on_the_cpu(cpu, spy):
+    q, k, v = _qkv(np.random.default_rng(9), dtype=np.float64)
+    sinks = torch.linspace(-1.0, 1.0, 4, dtype=torch.float64)
+    out, lse = cpu.local_attention(q, k, v, window=(3, 2), return_lse=True)
+    expected = R.local_attention(q.numpy(), k.numpy(), v.numpy(), window=(3, 2), return_lse=True)
+    np.testing.assert_allclose(out.numpy(), expected[0], atol=1e-12)
+    np.testing.assert_allclose(lse.numpy(), expected[1], atol=1e-12)
+    cpu.global_attention(q, k, v, return_lse=True)  # every key seen: SDPA has no lse, banded has
+    cpu.global_attention(q, k, v, causal=True, sinks=sinks)
+    cpu.local_attention(q.clone().requires_grad_(), k, v, window=2)
+    cpu.global_attention(q, k, v.clone().requires_grad_(), mask=torch.ones(13, 17, dtype=torch.bool))
+    cpu.local_attention(q, k, v, window=2, bias=torch.zeros(13, 17, dtype=torch.float64), sinks=sinks.requires_grad_())
+    assert spy == ["banded"] * 6
+
+
+def test_blocked_for_softcap_non_finite_scores_and_what_the_flash_kernel_lacks(cpu, spy):
     q, k, v = _qkv(np.random.default_rng(2))
     cpu.local_attention(q, k, v, window=2, softcap=3.0)
-    cpu.local_attention(q, k, v, window=2, return_lse=True)
-    cpu.local_attention(q.clone().requires_grad_(), k, v, window=2)
-    cpu.global_attention(q.clone().requires_grad_(), k, v)
+    cpu.local_attention(q, k, v, window=2, bias=torch.zeros(13, 17, requires_grad=True))  # no dbias in the kernel
+    cpu.local_attention(q, k, v[..., :5], window=2, return_lse=True)  # the kernel wants one head size
+    v_nan = v.clone()
+    v_nan[0, 0, 0, 0] = float("nan")
+    cpu.local_attention(q.clone().requires_grad_(), k, v_nan, window=2)  # with a gradient v must be finite
     k[1, 1, 4, 0] = float("nan")
     cpu.local_attention(q, k, v, window=2)
+    cpu.local_attention(q, k, v, window=2, return_lse=True)
     v[1, 0, 0, 0] = float("nan")
     cpu.local_attention(q, k, v, window=2, mask=torch.ones(13, 17, dtype=torch.bool))  # with a mask v must be finite
-    assert spy == ["blocked"] * 6
+    assert spy == ["blocked"] * 7
+
+
+def test_without_the_cpu_flash_ops_the_lse_and_gradients_take_the_blocked_path(cpu, spy, monkeypatch):
+    """torch before 2.2 has no ``_scaled_dot_product_flash_attention_for_cpu``: forced here."""
+    monkeypatch.setattr(_sdpa, "HAS_FLASH_CPU", False)
+    q, k, v = _qkv(np.random.default_rng(10))
+    cpu.local_attention(q, k, v, window=2)
+    cpu.local_attention(q, k, v, window=2, return_lse=True)
+    cpu.local_attention(q.clone().requires_grad_(), k, v, window=2)
+    cpu.global_attention(q, k, v, sinks=torch.zeros(4))
+    assert spy == ["banded", "blocked", "blocked", "blocked"]
+
+
+def test_a_non_finite_upstream_gradient_takes_the_blocked_backward(cpu, monkeypatch):
+    """The kernel's backward multiplies ``dout`` by weights 0 too: a NaN there would reach
+    keys its row cannot see, so that backward is the blocked path's."""
+    calls = []
+    real = _banded.blocked_backward
+    monkeypatch.setattr(_banded, "blocked_backward", lambda *a: calls.append(1) or real(*a))
+    q, k, v = _qkv(np.random.default_rng(11), dtype=np.float64)
+    dout = torch.from_numpy(np.random.default_rng(12).standard_normal((2, 4, 13, 8)))
+    cpu.local_attention_vjp(q, k, v, dout, window=2)
+    assert calls == []
+    dout[0, 1, 5, 0] = float("nan")
+    dq, dk, dv = cpu.local_attention_vjp(q, k, v, dout, window=2)
+    assert calls == [1]
+    expected = R.local_attention_vjp(q.numpy(), k.numpy(), v.numpy(), dout.numpy(), window=2)
+    for g, e in zip((dq, dk, dv), expected, strict=True):
+        np.testing.assert_array_equal(np.isnan(g.numpy()), np.isnan(e))
 
 
 def test_off_the_cpu_the_banded_path_is_never_asked(monkeypatch, spy, cpu):
