@@ -812,3 +812,13 @@ def test_paged_decoding_memory_is_bounded_by_chunks():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < cache_bytes / 4, f"peak {peak} of a {cache_bytes}-byte cache"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_paged_many_query_rows_take_the_dense_kernel(dtype):
+    """30 query rows per sequence: a score chunk too large for the streamed kernel's budget, so each
+    sequence's gathered keys go through the blocked dense kernel (row blocks, causal alignment)."""
+    rng = np.random.default_rng(44)
+    q, k_cache, v_cache, options = paged_case(rng, numpy_dtype(dtype), lengths=(37, 30, 0), q_len=30)
+    assert q.shape[1] * q.shape[2] * 4 > TINY.block.score_elements
+    check_multihead(TINY, "paged_attention", dtype, q, k_cache, v_cache, **options, causal=True)
