@@ -318,6 +318,42 @@ class AttentionArgs:
         """Per-sequence alignment offset, ``int64 (B,)``: ``Lk_b - Lq_b`` or 0 (see ``align``)."""
         return np.asarray(align_offset(self.align, self.q_lens(), self.kv_lens()), dtype=np.int64)
 
+    def allowed(self, pattern: Pattern, mask: Any = None) -> np.ndarray:
+        """The call's allowed keys as one dense boolean array (contract section 2, rule 4).
+
+        Key ``j`` is allowed for query row ``i`` of batch ``b`` iff ``pattern``
+        allows it at the aligned position ``p = i + offsets()[b]``, ``j < Lk_b``
+        (``kv_lengths``), ``i < Lq_b`` (``q_lengths``: a padding row sees no key)
+        and ``mask`` (the call's bool mask, as a NumPy array) is True there. For a
+        backend that hands the rule to a library as a dense mask; it costs
+        ``O(B Lq Lk)`` memory (``O(B Hq Lq Lk)`` with a per-head mask).
+
+        Parameters
+        ----------
+        pattern : Pattern
+            The op's pattern (:func:`full_pattern`, :func:`window_pattern`, :func:`chunk_pattern`).
+        mask : bool ndarray, optional
+            Broadcastable to ``(B, Hq, Lq, Lk)``, as :func:`check_attention` accepted it.
+
+        Returns
+        -------
+        ndarray of bool, ``(B, 1, Lq, Lk)``
+            Or ``(B, Hq, Lq, Lk)`` when ``mask`` varies over the heads.
+
+        Raises
+        ------
+        InvalidArgumentError
+            For packed inputs (``cu_seqlens_q``): there the rule holds per sequence; cut them first.
+        """
+        if self.packed:
+            raise invalid_value("cu_seqlens_q", "offsets", "None: the dense allowed keys are of dense inputs")
+        i = np.arange(self.q_len)[None, :, None]
+        j = np.arange(self.kv_len)[None, None, :]
+        ok = np.asarray(pattern.allows(i + self.offsets()[:, None, None], j))
+        ok = ok & (j < self.kv_lens()[:, None, None]) & (i < self.q_lens()[:, None, None])
+        ok = ok[:, None]  # (B, 1, Lq, Lk)
+        return ok if mask is None else ok & np.asarray(mask)
+
 
 def check_attention(
     q: Any,
@@ -377,6 +413,26 @@ def check_attention(
             raise invalid_type("mask", f"dtype {name_of_array(mask)}", "bool (True = may attend)")
         _broadcastable("mask", shape, target, "(B, Hq, Lq, Lk)")
     check_flag("return_lse", return_lse)
+    return _attention_args(
+        (B, Hq, Hkv, Lq, Lk, D, Dv), scale=scale, softcap=softcap, align=align, sinks=sinks,
+        kv_lengths=_lengths("kv_lengths", kv_lengths, B, Lk), q_lengths=_lengths("q_lengths", q_lengths, B, Lq),
+    )  # fmt: skip
+
+
+def _attention_args(
+    sizes: tuple[int, int, int, int, int, int, int],
+    *,
+    scale: Any,
+    softcap: Any,
+    align: Any,
+    sinks: Any,
+    kv_lengths: np.ndarray | None = None,
+    q_lengths: np.ndarray | None = None,
+    **offsets: np.ndarray,
+) -> AttentionArgs:
+    """:class:`AttentionArgs` of ``sizes = (B, Hq, Hkv, Lq, Lk, D, Dv)``, checking the options every
+    multi-head op (dense, packed, paged) takes alike: ``scale``, ``softcap``, ``align``, ``sinks``."""
+    B, Hq, Hkv, Lq, Lk, D, Dv = sizes
     return AttentionArgs(
         batch=B,
         q_heads=Hq,
@@ -385,27 +441,30 @@ def check_attention(
         kv_len=Lk,
         head_dim=D,
         value_dim=Dv,
-        scale=_scale(scale, D),
+        scale=1.0 / math.sqrt(D) if scale is None else _positive_real("scale", scale),
         softcap=None if softcap is None else _positive_real("softcap", softcap),
         align=_choice("align", align, ALIGNMENTS),
-        kv_lengths=_lengths("kv_lengths", kv_lengths, B, Lk),
-        q_lengths=_lengths("q_lengths", q_lengths, B, Lq),
+        kv_lengths=kv_lengths,
+        q_lengths=q_lengths,
         sinks=_sinks(sinks, Hq),
+        **offsets,
     )
 
 
-def _scale(scale: Any, head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim) if scale is None else _positive_real("scale", scale)
+def _check_heads(Hq: int, Hkv: int, Hv: int, D: int, Dk: int, *, k: str = "k", v: str = "v") -> None:
+    """The head checks of every multi-head op: ``v`` has ``k``'s heads, which divide ``q``'s, and
+    ``k`` has ``q``'s head size."""
+    if Hv != Hkv:
+        raise invalid_value(v, f"{Hv} heads", f"{Hkv} heads (as {k})")
+    if Hq % Hkv:
+        raise invalid_value(k, f"{Hkv} heads", f"a divisor of q's {Hq} heads")
+    if Dk != D:
+        raise invalid_value(k, f"head size {Dk}", f"head size {D} (as q)")
 
 
 def _check_heads_and_sizes(Hq: int, Hkv: int, Hv: int, D: int, Dk: int, Lk: int, Lv: int) -> None:
     """The checks shared by dense and packed inputs: kv heads, head sizes, key counts."""
-    if Hv != Hkv:
-        raise invalid_value("v", f"{Hv} heads", f"{Hkv} heads (as k)")
-    if Hq % Hkv:
-        raise invalid_value("k", f"{Hkv} heads", f"a divisor of q's {Hq} heads")
-    if Dk != D:
-        raise invalid_value("k", f"head size {Dk}", f"head size {D} (as q)")
+    _check_heads(Hq, Hkv, Hv, D, Dk)
     if Lv != Lk:
         raise invalid_value("v", f"length {Lv}", f"length {Lk} (as k)")
 
@@ -442,23 +501,10 @@ def _check_packed(
         expected = f"shape {offsets_q.shape}, as cu_seqlens_q (the same sequences)"
         raise invalid_value("cu_seqlens_k", f"shape {offsets_k.shape}", expected)
     check_flag("return_lse", return_lse)
-    return AttentionArgs(
-        batch=offsets_q.shape[0] - 1,
-        q_heads=Hq,
-        kv_heads=Hkv,
-        q_len=Tq,
-        kv_len=Tk,
-        head_dim=D,
-        value_dim=Dv,
-        scale=_scale(scale, D),
-        softcap=None if softcap is None else _positive_real("softcap", softcap),
-        align=_choice("align", align, ALIGNMENTS),
-        kv_lengths=None,
-        q_lengths=None,
-        sinks=_sinks(sinks, Hq),
-        cu_seqlens_q=offsets_q,
-        cu_seqlens_k=offsets_k,
-    )
+    return _attention_args(
+        (offsets_q.shape[0] - 1, Hq, Hkv, Tq, Tk, D, Dv), scale=scale, softcap=softcap, align=align, sinks=sinks,
+        cu_seqlens_q=offsets_q, cu_seqlens_k=offsets_k,
+    )  # fmt: skip
 
 
 # -- paged KV cache ---------------------------------------------------------
@@ -533,12 +579,7 @@ def check_paged(
     _same_dtype({"q": q, "k_cache": k_cache, "v_cache": v_cache})
     if (nv, bv) != (num_blocks, block_size):
         raise invalid_value("v_cache", f"{nv} blocks of {bv}", f"{num_blocks} blocks of {block_size} (as k_cache)")
-    if Hv != Hkv:
-        raise invalid_value("v_cache", f"{Hv} heads", f"{Hkv} heads (as k_cache)")
-    if Hq % Hkv:
-        raise invalid_value("k_cache", f"{Hkv} heads", f"a divisor of q's {Hq} heads")
-    if Dk != D:
-        raise invalid_value("k_cache", f"head size {Dk}", f"head size {D} (as q)")
+    _check_heads(Hq, Hkv, Hv, D, Dk, k="k_cache", v="v_cache")
     table = host_integers("block_table", block_table)
     if table.ndim != 2 or table.shape[0] != B:
         raise invalid_value("block_table", f"shape {table.shape}", f"shape ({B}, max_blocks), one row per sequence")
@@ -560,21 +601,10 @@ def check_paged(
         left, right = check_window(window)
         pattern = Pattern.window(left, 0 if causal else right)
     check_flag("return_lse", return_lse)
-    attention = AttentionArgs(
-        batch=B,
-        q_heads=Hq,
-        kv_heads=Hkv,
-        q_len=Lq,
-        kv_len=capacity,
-        head_dim=D,
-        value_dim=Dv,
-        scale=_scale(scale, D),
-        softcap=None if softcap is None else _positive_real("softcap", softcap),
-        align=_choice("align", align, ALIGNMENTS),
+    attention = _attention_args(
+        (B, Hq, Hkv, Lq, capacity, D, Dv), scale=scale, softcap=softcap, align=align, sinks=sinks,
         kv_lengths=seqlens,
-        q_lengths=None,
-        sinks=_sinks(sinks, Hq),
-    )
+    )  # fmt: skip
     return PagedArgs(
         attention=attention, pattern=pattern, block_table=table, cache_seqlens=seqlens,
         num_blocks=num_blocks, block_size=block_size,

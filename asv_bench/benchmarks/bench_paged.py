@@ -27,6 +27,7 @@ made.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +40,9 @@ from .common import (
     REFERENCE,
     SMOKE,
     Prepared,
-    _MemorySuite,
-    _TimeSuite,
+    _CaseMemorySuite,
+    _CaseTimeSuite,
+    assert_matches,
     backend_prepared,
     grid,
     registered_backends,
@@ -101,23 +103,20 @@ WARM_UP_CASE = PagedCase(2, 4, 2, 20, 40)
 #: The float64 reference runs only up to this many cached positions in all.
 REFERENCE_MAX_POSITIONS = 8192
 
-_PREPARED: dict[tuple[str, PagedCase], Prepared] = {}
 
-
+@functools.cache  # per process; a NotImplementedError is raised again each time, never cached
 def prepare_paged(impl: str, case: PagedCase) -> Prepared:
-    """``impl`` ready to decode ``case`` (cached per process; ``NotImplementedError`` where it cannot)."""
-    if (impl, case) not in _PREPARED:
-        arrays = case.inputs()
-        if impl in (GATHER, GATHERED):
-            prepared = _sdpa(impl, **arrays)
-        else:
-            if impl == REFERENCE and arrays["cache_seqlens"].sum() > REFERENCE_MAX_POSITIONS:
-                raise NotImplementedError(f"the float64 reference runs only up to {REFERENCE_MAX_POSITIONS} positions")
-            q, k_cache, v_cache = arrays.pop("q"), arrays.pop("k_cache"), arrays.pop("v_cache")
-            prepared = backend_prepared(impl, "paged_attention", (q, k_cache, v_cache), arrays)
-        warm_up_or_skip(prepared, impl, "paged_attention")
-        _PREPARED[impl, case] = prepared
-    return _PREPARED[impl, case]
+    """``impl`` ready to decode ``case`` (``NotImplementedError`` where it cannot)."""
+    arrays = case.inputs()
+    if impl in (GATHER, GATHERED):
+        prepared = _sdpa(impl, **arrays)
+    else:
+        if impl == REFERENCE and arrays["cache_seqlens"].sum() > REFERENCE_MAX_POSITIONS:
+            raise NotImplementedError(f"the float64 reference runs only up to {REFERENCE_MAX_POSITIONS} positions")
+        q, k_cache, v_cache = arrays.pop("q"), arrays.pop("k_cache"), arrays.pop("v_cache")
+        prepared = backend_prepared(impl, "paged_attention", (q, k_cache, v_cache), arrays)
+    warm_up_or_skip(prepared, impl, "paged_attention")
+    return prepared
 
 
 def _gathered(k_cache: np.ndarray, table: np.ndarray, seqlens: np.ndarray, b: int) -> np.ndarray:
@@ -143,9 +142,7 @@ def check_paged(prepared: Prepared, impl: str, case: PagedCase) -> None:
             for b in range(case.batch)
         ]
     )
-    error = float(np.max(np.abs(prepared.to_numpy(prepared.run()) - expected)))
-    if not error <= 1e-3:
-        raise AssertionError(f"{impl} on paged {case}: max |out - reference| = {error:.3g}")
+    assert_matches(prepared, expected, f"{impl} on paged {case}")
 
 
 def _sdpa(
@@ -188,33 +185,15 @@ def _sdpa(
     return Prepared(lambda: run_on(lambda b: gather(tk, b), lambda b: gather(tv, b)), torch_to_numpy)
 
 
-class PagedDecode(_TimeSuite):
+class PagedDecode(_CaseTimeSuite, impls=IMPLS, cases=CASES, prepare=prepare_paged, check=check_paged):
     """Time of one decoding step over a paged KV cache (see the module's docstring)."""
-
-    params = (IMPLS, list(CASES))
-    param_names = ("impl", "case")
-
-    def prepared_for(self, impl: str, *params: Any) -> Prepared:
-        case = CASES[params[0]]
-        prepared = prepare_paged(impl, case)
-        check_paged(prepared, impl, case)
-        return prepared
 
     def time_paged_decode(self, impl: str, case: str) -> None:
         self.prepared.run()
 
 
-class PagedDecodeMemory(_MemorySuite):
+class PagedDecodeMemory(_CaseMemorySuite, impls=IMPLS, cases=CASES, prepare=prepare_paged, warm_up_case=WARM_UP_CASE):
     """Peak memory of one decoding step (see ``common._MemorySuite``), and the cache's own size."""
-
-    params = (IMPLS, list(CASES))
-    param_names = ("impl", "case")
-
-    def prepared_for(self, impl: str, *params: Any) -> Prepared:
-        return prepare_paged(impl, CASES[params[0]])
-
-    def warm_up_small(self, impl: str, *params: Any) -> None:
-        prepare_paged(impl, WARM_UP_CASE).run()
 
     def peakmem_paged_decode(self, impl: str, case: str) -> None:
         self.prepared.run()

@@ -19,6 +19,7 @@ attention within each sequence. Implementations:
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +33,9 @@ from .common import (
     REFERENCE,
     SMOKE,
     Prepared,
-    _MemorySuite,
-    _TimeSuite,
+    _CaseMemorySuite,
+    _CaseTimeSuite,
+    assert_matches,
     backend_prepared,
     grid,
     registered_backends,
@@ -79,23 +81,20 @@ WARM_UP_CASE = VarlenCase(2, 16, 64, 2)
 #: The float64 reference runs only up to this many packed tokens.
 REFERENCE_MAX_TOKENS = 4096
 
-_PREPARED: dict[tuple[str, VarlenCase], Prepared] = {}
 
-
+@functools.cache  # per process; a NotImplementedError is raised again each time, never cached
 def prepare_varlen(impl: str, case: VarlenCase) -> Prepared:
-    """``impl`` ready to run ``case`` (cached per process; ``NotImplementedError`` where it cannot)."""
-    if (impl, case) not in _PREPARED:
-        q, k, v, cu = case.inputs()
-        if impl in (PADDED, LOOP):
-            prepared = _sdpa(impl, q, k, v, cu)
-        else:
-            if impl == REFERENCE and len(q) > REFERENCE_MAX_TOKENS:
-                raise NotImplementedError(f"the float64 reference runs only up to {REFERENCE_MAX_TOKENS} tokens")
-            kwargs = {"causal": True, "cu_seqlens_q": cu, "cu_seqlens_k": cu}
-            prepared = backend_prepared(impl, "global_attention", (q, k, v), kwargs)
-        warm_up_or_skip(prepared, impl, "cu_seqlens_q/cu_seqlens_k")
-        _PREPARED[impl, case] = prepared
-    return _PREPARED[impl, case]
+    """``impl`` ready to run ``case`` (``NotImplementedError`` where it cannot)."""
+    q, k, v, cu = case.inputs()
+    if impl in (PADDED, LOOP):
+        prepared = _sdpa(impl, q, k, v, cu)
+    else:
+        if impl == REFERENCE and len(q) > REFERENCE_MAX_TOKENS:
+            raise NotImplementedError(f"the float64 reference runs only up to {REFERENCE_MAX_TOKENS} tokens")
+        kwargs = {"causal": True, "cu_seqlens_q": cu, "cu_seqlens_k": cu}
+        prepared = backend_prepared(impl, "global_attention", (q, k, v), kwargs)
+    warm_up_or_skip(prepared, impl, "cu_seqlens_q/cu_seqlens_k")
+    return prepared
 
 
 def check_varlen(prepared: Prepared, impl: str, case: VarlenCase) -> None:
@@ -109,9 +108,7 @@ def check_varlen(prepared: Prepared, impl: str, case: VarlenCase) -> None:
         return np.swapaxes(out[0], 0, 1)
 
     expected = np.concatenate([alone(s, e) for s, e in itertools.pairwise(cu.tolist())])
-    error = float(np.max(np.abs(prepared.to_numpy(prepared.run()) - expected)))
-    if not error <= 1e-3:
-        raise AssertionError(f"{impl} on varlen {case}: max |out - reference| = {error:.3g}")
+    assert_matches(prepared, expected, f"{impl} on varlen {case}")
 
 
 def _sdpa(impl: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, cu: np.ndarray) -> Prepared:
@@ -154,33 +151,15 @@ def _sdpa(impl: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, cu: np.ndarray
     return Prepared(run, torch_to_numpy)
 
 
-class Varlen(_TimeSuite):
+class Varlen(_CaseTimeSuite, impls=IMPLS, cases=CASES, prepare=prepare_varlen, check=check_varlen):
     """Time of causal attention over a packed batch (see the module's docstring)."""
-
-    params = (IMPLS, list(CASES))
-    param_names = ("impl", "case")
-
-    def prepared_for(self, impl: str, *params: Any) -> Prepared:
-        case = CASES[params[0]]
-        prepared = prepare_varlen(impl, case)
-        check_varlen(prepared, impl, case)
-        return prepared
 
     def time_varlen(self, impl: str, case: str) -> None:
         self.prepared.run()
 
 
-class VarlenMemory(_MemorySuite):
+class VarlenMemory(_CaseMemorySuite, impls=IMPLS, cases=CASES, prepare=prepare_varlen, warm_up_case=WARM_UP_CASE):
     """Peak memory of causal attention over a packed batch (see ``common._MemorySuite``)."""
-
-    params = (IMPLS, list(CASES))
-    param_names = ("impl", "case")
-
-    def prepared_for(self, impl: str, *params: Any) -> Prepared:
-        return prepare_varlen(impl, CASES[params[0]])
-
-    def warm_up_small(self, impl: str, *params: Any) -> None:
-        prepare_varlen(impl, WARM_UP_CASE).run()
 
     def peakmem_varlen(self, impl: str, case: str) -> None:
         self.prepared.run()

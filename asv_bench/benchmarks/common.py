@@ -67,6 +67,7 @@ __all__ = [
     "reference_output",
     "max_abs_error",
     "check_smoke",
+    "assert_matches",
     "backend_object",
     "backend_prepared",
     "warm_up_or_skip",
@@ -430,11 +431,15 @@ def max_abs_error(prepared: Prepared, expected: np.ndarray) -> float:
 
 def check_smoke(prepared: Prepared, impl: str, case_name: str, size: int, dtype: str = "float32") -> None:
     """In the smoke run, fail loudly if an implementation computes something else than the reference."""
-    if not SMOKE:
-        return
-    error = max_abs_error(prepared, reference_output(case_name, size, dtype))
+    if SMOKE:
+        assert_matches(prepared, reference_output(case_name, size, dtype), f"{impl} on {case_name} at size {size}")
+
+
+def assert_matches(prepared: Prepared, expected: np.ndarray, what: str) -> None:
+    """The smoke run's check of one implementation on one case (``what``) against the reference's ``expected``."""
+    error = max_abs_error(prepared, expected)
     if not error <= 1e-3:  # fp32 attention is ~1e-6 off; a wrong pattern is ~1e-1 off
-        raise AssertionError(f"{impl} on {case_name} at size {size}: max |out - reference| = {error:.3g}")
+        raise AssertionError(f"{what}: max |out - reference| = {error:.3g}")
 
 
 # -- memory -------------------------------------------------------------------------------------
@@ -552,6 +557,51 @@ class _MemorySuite:
         return extra / 2**20
 
     track_extra_memory.unit = "MiB"  # type: ignore[attr-defined]
+
+
+class _CaseTimeSuite(_TimeSuite):
+    """A ``time_`` suite over ``(impl, case)``: the ``impls`` by the named ``cases`` of one module.
+
+    A subclass names them in its class statement, ``class Varlen(_CaseTimeSuite, impls=IMPLS,
+    cases=CASES, prepare=prepare_varlen, check=check_varlen)``, and adds its ``time_`` method:
+    ``prepare(impl, case)`` makes the :class:`Prepared` (``NotImplementedError`` to skip) and
+    ``check(prepared, impl, case)`` compares it with the reference in the smoke run.
+    """
+
+    def __init_subclass__(
+        cls, *, impls: list[str], cases: dict[str, Any], prepare: Callable[..., Prepared],
+        check: Callable[..., None], **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init_subclass__(**kwargs)
+        cls.params = (impls, list(cases))
+        cls.param_names = ("impl", "case")
+        cls.cases, cls.prepare, cls.check = cases, staticmethod(prepare), staticmethod(check)
+
+    def prepared_for(self, impl: str, *params: Any) -> Prepared:
+        case = self.cases[params[0]]
+        prepared = self.prepare(impl, case)
+        self.check(prepared, impl, case)
+        return prepared
+
+
+class _CaseMemorySuite(_MemorySuite):
+    """The memory suite of the same ``(impl, case)`` grid (see :class:`_CaseTimeSuite`); its warm-up
+    runs ``warm_up_case``, a small case of the same kind."""
+
+    def __init_subclass__(
+        cls, *, impls: list[str], cases: dict[str, Any], prepare: Callable[..., Prepared], warm_up_case: Any,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init_subclass__(**kwargs)
+        cls.params = (impls, list(cases))
+        cls.param_names = ("impl", "case")
+        cls.cases, cls.prepare, cls.warm_up_case = cases, staticmethod(prepare), warm_up_case
+
+    def prepared_for(self, impl: str, *params: Any) -> Prepared:
+        return self.prepare(impl, self.cases[params[0]])
+
+    def warm_up_small(self, impl: str, *params: Any) -> None:
+        self.prepare(impl, self.warm_up_case).run()
 
 
 # -- distance to the machine's matmul peak ------------------------------------------------------------

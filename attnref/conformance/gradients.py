@@ -10,7 +10,11 @@ gradients of a kv head sum over its query group), softcap (its chain rule),
 broadcast biases (``dbias`` summed over the broadcast axes), ``dlse`` given and
 not, fully-masked rows and padding rows (no gradient, ``dout`` never read, even
 a NaN one), windows at both ends of the sequence, ``Lq != Lk`` in both
-alignments, chunks, NaN and inf behind a rule, long rows and memory layouts.
+alignments, chunks, NaN and inf behind a rule, long rows and memory layouts;
+sinks (``dsinks``, contract section 7: finite, ``-inf`` = no sink, a row with
+no key but a sink, GQA, padding rows) and packed sequences (contract section 8:
+an empty sequence, ``Lq != Lk`` per sequence in both alignments, a window or
+chunk that would cross a sequence boundary), and both together.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from attnref.conformance.cases import (
     _mha,
     _multihead_errors,
     _nan_beyond_lengths,
+    _sinks,
     _specials,
+    _varlen,
 )
 from attnref.conformance.randomness import case_rng
 
@@ -49,11 +55,11 @@ def with_upstream(case: Case, *, dlse: bool = False, nan_dout_rows: tuple[int, s
     rng = case_rng(f"{op}/{case.id}/upstream")
     q, v = case.inputs["q"], case.inputs["v"]
     inputs = dict(case.inputs)
-    inputs["dout"] = rng.standard_normal((*q.shape[:3], v.shape[-1]))
+    inputs["dout"] = rng.standard_normal((*q.shape[:-1], v.shape[-1]))  # dense (B, Hq, Lq, Dv), packed (Tq, Hq, Dv)
     if nan_dout_rows is not None:
         inputs["dout"][nan_dout_rows[0], :, nan_dout_rows[1]] = np.nan
     if dlse:
-        inputs["dlse"] = rng.standard_normal(q.shape[:3])
+        inputs["dlse"] = rng.standard_normal(q.shape[:-1])
     options = {name: value for name, value in case.options.items() if name != "return_lse"}
     return replace(case, op=op, inputs=inputs, options=options)
 
@@ -109,6 +115,72 @@ def _pattern_cases(op: str) -> list[Case]:
     ]
 
 
+def _sink_cases(op: str) -> list[Case]:
+    """Sinks (contract section 7): ``dsinks_h = sum_{b, i} exp(sinks_h - lse_i) (dlse_i - dout_i . out_i)``."""
+    p = TYPICAL_PATTERN[GRADIENT_OF[op]]
+    empty_rows = _mask_with_empty_rows
+    # fmt: off
+    return [
+        _grad(op, "sinks", "finite sinks, scale 0.5: the sink is unscaled, in the lse, dsinks summed over rows",
+              extra=_sinks(), scale=0.5, dlse=True, **p),
+        _grad(op, "sinks-empty-rows", "rows with no key but a sink: lse = sink, dsinks gets their dlse, "
+              "their NaN dout never read", extra=lambda rng, d: {**empty_rows(rng, d), **_sinks()(rng, d)},
+              nan_dout_rows=(0, slice(1, 2)), dlse=True, **p),
+        _grad(op, "sinks-neg-inf", "a -inf sink is no sink (its dsinks is 0, not exp(-inf - -inf)), also on "
+              "rows with no key", extra=lambda rng, d: {**empty_rows(rng, d), **_sinks((-np.inf,))(rng, d)},
+              dlse=True, **p),
+        _grad(op, "sinks-gqa", "6 query heads on 2 kv heads: sink h is query head h's, dsinks per query head",
+              Dims(Hq=6, Hkv=2), extra=_sinks(), dlse=True, **p),
+        _grad(op, "sinks-padding-rows", "padding rows add nothing to dsinks, their NaN dout never read",
+              extra=_sinks(), q_lengths=np.array([6, 3]), nan_dout_rows=(1, slice(3, None)), dlse=True, **p),
+        _grad(op, "sinks-softcap", "the sink is never softcapped, in the backward pass either", magnitude=2.0,
+              extra=_sinks(), softcap=0.7, **p),
+    ]
+    # fmt: on
+
+
+#: For each gradient op, a pattern that reaches past a short sequence's ends: in packed coordinates
+#: it would cross into the neighbouring sequences (a window of 4 each side, chunks of 4 that
+#: sequences of 3, 5 and 6 tokens do not line up with).
+CROSSING_PATTERN: dict[str, dict[str, Any]] = {
+    "global_attention_vjp": {"causal": False},
+    "local_attention_vjp": {"window": (4, 4)},
+    "chunked_attention_vjp": {"chunk_size": 4},
+}
+
+
+def _packed(op: str, case_id: str, note: str, cu_q: list[int], cu_k: list[int], *, dlse: bool = True,
+            **options: Any) -> Case:  # fmt: skip
+    """A packed case (contract section 8) of the gradient op, with ``dout`` and ``dlse``."""
+    return with_upstream(_varlen(GRADIENT_OF[op], case_id, note, cu_q, cu_k, **options), dlse=dlse)
+
+
+def _varlen_cases(op: str) -> list[Case]:
+    """Packed sequences: each sequence's gradients are the dense VJP of that sequence alone."""
+    p = TYPICAL_PATTERN[GRADIENT_OF[op]]
+    # fmt: off
+    return [
+        _packed(op, "varlen", "3 sequences of 3, 0 and 5 queries on 4, 5 and 3 keys: the empty one's keys get "
+                "no gradient", [0, 3, 3, 8], [0, 4, 9, 12], **p),
+        _packed(op, "varlen-empty", "an empty sequence first, then queries with no keys, then both",
+                [0, 0, 2, 6], [0, 3, 3, 9], **p),
+        _packed(op, "varlen-lq-ne-lk-bottom-right", "Lq < Lk and Lq > Lk per sequence, bottom-right per sequence",
+                [0, 2, 8, 11], [0, 6, 9, 16], **p),
+        _packed(op, "varlen-lq-ne-lk-top-left", "Lq < Lk and Lq > Lk per sequence, top-left",
+                [0, 2, 8, 11], [0, 6, 9, 16], align="top_left", **p),
+        _packed(op, "varlen-crossing", "a pattern that reaches past each sequence's ends: nothing crosses into "
+                "the neighbours", [0, 3, 8, 14], [0, 3, 8, 14], **CROSSING_PATTERN[op]),
+        _packed(op, "varlen-mqa", "6 query heads on 1 kv head", [0, 7, 9, 16], [0, 3, 13, 20], Hq=6, Hkv=1, **p),
+        _packed(op, "varlen-sinks", "sinks and packed sequences: dsinks sums over every sequence, a sequence "
+                "with no keys adds its dlse", [0, 4, 7, 12], [0, 6, 6, 11], sinks=True, **p),
+        _packed(op, "varlen-sinks-gqa", "sinks, 6 query heads on 2 kv heads, Lq != Lk, top-left",
+                [0, 5, 6, 9], [0, 2, 9, 13], Hq=6, Hkv=2, sinks=True, align="top_left", **p),
+        _packed(op, "varlen-long", "4 packed sequences of up to 150 tokens, with sinks",
+                [0, 150, 151, 260, 300], [0, 150, 180, 289, 429], Hq=2, Hkv=1, D=16, sinks=True, **p),
+    ]
+    # fmt: on
+
+
 def gradient_cases(op: str) -> list[Case]:
     """The named cases of the gradient op ``op`` (``global_attention_vjp``, ...)."""
     p = TYPICAL_PATTERN[GRADIENT_OF[op]]
@@ -143,6 +215,8 @@ def gradient_cases(op: str) -> list[Case]:
                                                            "chunked_attention_vjp": 5}[op]), **p),
         *_alignment(op, p),
         *_pattern_cases(op),
+        *_sink_cases(op),
+        *_varlen_cases(op),
     ]
     # fmt: on
     layout = _grad(

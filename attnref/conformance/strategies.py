@@ -13,6 +13,7 @@ on any backend.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -193,15 +194,16 @@ def _luong_case(case_id: str, c: dict[str, Any], rng: CaseRandom) -> Case:
 def random_case(op: str, seed: int, index: int) -> Case:
     """The random case ``random-s<seed>-<index>`` of ``op`` (it depends on nothing else).
 
-    A gradient op's case is its forward op's random case with the same id, plus
-    seeded ``dout`` (and, half the time, ``dlse``).
+    A gradient op's case is its forward op's random case with the same id (a
+    quarter of them with sinks added, a quarter replaced by packed sequences:
+    :func:`_gradient_variant`), plus seeded ``dout`` (and, half the time, ``dlse``).
     """
     if op in ("paged_attention", "merge_attention_states"):
         from attnref.conformance.states import random_state_case
 
         return random_state_case(op, seed, index)
     if op in GRADIENT_OF:
-        forward = random_case(GRADIENT_OF[op], seed, index)
+        forward = _gradient_variant(op, random_case(GRADIENT_OF[op], seed, index), seed, index)
         return with_upstream(forward, dlse=case_rng(op, seed, index).boolean())
     rng = case_rng(op, seed, index)
     c = config(op, rng)
@@ -211,6 +213,48 @@ def random_case(op: str, seed: int, index: int) -> Case:
     if op == "luong_attention":
         return _luong_case(case_id, c, rng)
     return _multihead_case(op, case_id, c, rng)
+
+
+def _gradient_variant(op: str, forward: Case, seed: int, index: int) -> Case:
+    """The forward case of a random gradient case: as drawn (half the time), with sinks (a quarter;
+    one of them ``-inf`` now and then), or packed sequences of random lengths, empty ones included,
+    with the forward's pattern, alignment, scale and softcap (a quarter; with sinks half of those).
+
+    Drawn from a stream of its own (``op/variant``), so the forward draws stay those of the forward op.
+    """
+    rng = case_rng(f"{op}/variant", seed, index)
+    kind = rng.choice(["dense", "dense", "sinks", "packed"])
+    if kind == "dense":
+        return forward
+    _, Hq, _, D = forward.inputs["q"].shape
+    Hkv, Dv = forward.inputs["v"].shape[1], forward.inputs["v"].shape[-1]
+
+    def sinks() -> np.ndarray:
+        values = rng.standard_normal(Hq) * 2.0
+        if rng.boolean(0.25):
+            values[rng.integers(0, Hq)] = -np.inf
+        return values
+
+    if kind == "sinks":
+        return replace(forward, inputs={**forward.inputs, "sinks": sinks()}, note=f"{forward.note}, sinks")
+    B = rng.integers(1, 4)
+    cu_q = np.cumsum([0] + [rng.integers(0, MAX_LENGTH + 1) for _ in range(B)]).astype(np.int64)
+    cu_k = np.cumsum([0] + [rng.integers(0, MAX_LENGTH + 1) for _ in range(B)]).astype(np.int64)
+    magnitude = rng.choice([0.5, 1.0, 3.0])
+    inputs = {
+        "q": rng.standard_normal((int(cu_q[-1]), Hq, D)) * magnitude,
+        "k": rng.standard_normal((int(cu_k[-1]), Hkv, D)) * magnitude,
+        "v": rng.standard_normal((int(cu_k[-1]), Hkv, Dv)),
+    }
+    if rng.boolean():
+        inputs["sinks"] = sinks()
+    kept = ("causal", "window", "chunk_size", "align", "scale", "softcap", "return_lse")
+    options = {name: value for name, value in forward.options.items() if name in kept}
+    note = ", ".join(f"{name}={value!r}" for name, value in options.items() if name != "return_lse")
+    note += f", cu_seqlens_q={cu_q.tolist()}, cu_seqlens_k={cu_k.tolist()}, Hq={Hq}, Hkv={Hkv}, D={D}, Dv={Dv}"
+    note += ", sinks" if "sinks" in inputs else ""
+    options.update(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    return replace(forward, inputs=inputs, options=options, note=note)
 
 
 def random_cases(op: str, n: int, seed: int) -> list[Case]:

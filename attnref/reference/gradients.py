@@ -50,7 +50,15 @@ import numpy as np
 
 from attnref.patterns import Pattern
 from attnref.reference._numerics import cast, compute_dtype, masked_softmax, matmul, weighted_sum
-from attnref.reference.multihead import Block, block_allowed, block_scores, block_sinks, blocks
+from attnref.reference.multihead import (
+    Block,
+    block_allowed,
+    block_scores,
+    block_sinks,
+    blocks,
+    sequence_view,
+    sequences,
+)
 from attnref.validation import (
     AttentionArgs,
     check_attention,
@@ -279,26 +287,16 @@ class _Gradients:
 
 
 def _packed_vjp(args: AttentionArgs, pattern: Pattern, x: _Inputs, grads: _Gradients) -> None:
-    """Each packed sequence is the dense VJP of its own rows (``(T, H, n)`` viewed as ``(1, H, L, n)``),
-    written through views into the packed gradients; ``dsinks`` sums over the sequences."""
-
-    def dense(a: np.ndarray, part: slice) -> np.ndarray:
-        return np.swapaxes(a[part], 0, 1)[None]
-
-    cu_q, cu_k = args.cu_seqlens_q, args.cu_seqlens_k
-    for b in range(args.batch):
-        rows, keys = slice(int(cu_q[b]), int(cu_q[b + 1])), slice(int(cu_k[b]), int(cu_k[b + 1]))
-        one = dataclasses.replace(
-            args, batch=1, q_len=rows.stop - rows.start, kv_len=keys.stop - keys.start,
-            cu_seqlens_q=None, cu_seqlens_k=None,
-        )  # fmt: skip
-        if one.q_len == 0:
-            continue
+    """Each packed sequence is the dense VJP of its own rows (step 7's :func:`sequences`), written
+    through views into the packed gradients; ``dsinks`` sums over the sequences."""
+    for rows, keys, one in sequences(args):
         xb = _Inputs(
-            q=dense(x.q, rows), k=dense(x.k, keys), v=dense(x.v, keys), dout=dense(x.dout, rows),
-            dlse=dense(x.dlse[..., None], rows)[..., 0], bias=None, mask=None,
+            q=sequence_view(x.q, rows), k=sequence_view(x.k, keys), v=sequence_view(x.v, keys),
+            dout=sequence_view(x.dout, rows), dlse=sequence_view(x.dlse[..., None], rows)[..., 0], bias=None, mask=None,
         )  # fmt: skip
-        gb = dataclasses.replace(grads, dq=dense(grads.dq, rows), dk=dense(grads.dk, keys), dv=dense(grads.dv, keys))
+        gb = dataclasses.replace(
+            grads, dq=sequence_view(grads.dq, rows), dk=sequence_view(grads.dk, keys), dv=sequence_view(grads.dv, keys)
+        )
         _dense_vjp(one, pattern, xb, gb)
 
 

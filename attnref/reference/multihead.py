@@ -76,6 +76,8 @@ __all__ = [
     "block_scores",
     "block_allowed",
     "block_sinks",
+    "sequences",
+    "sequence_view",
     "SCORE_BLOCK_ELEMENTS",
 ]
 
@@ -407,23 +409,40 @@ def attention(
 def _packed_attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, pattern: Pattern, args: AttentionArgs, dt: np.dtype
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Step 7: each packed sequence is the dense op on its own rows (``(T, H, D)`` -> ``(1, H, L, D)``)."""
+    """Step 7: each packed sequence is the dense op on its own rows."""
     out = np.zeros((args.q_len, args.q_heads, args.value_dim), dtype=dt)
     lse = np.full((args.q_len, args.q_heads), -np.inf, dtype=dt)
+    for rows, keys, one in sequences(args):
+        qb, kb, vb = sequence_view(q, rows), sequence_view(k, keys), sequence_view(v, keys)
+        out_b, lse_b, _ = dense_attention(qb, kb, vb, pattern, one, dt)
+        sequence_view(out, rows)[...] = out_b
+        sequence_view(lse[..., None], rows)[..., 0] = lse_b
+    return out, lse
+
+
+def sequences(args: AttentionArgs) -> Iterator[tuple[slice, slice, AttentionArgs]]:
+    """Step 7's cut: each packed sequence with query rows, as ``(rows, keys, one)``.
+
+    ``rows`` and ``keys`` are its rows of the packed ``q`` and of ``k``/``v``
+    (``cu_seqlens_q[b]:cu_seqlens_q[b + 1]``, ``cu_seqlens_k[b]:cu_seqlens_k[b + 1]``);
+    ``one`` is the arguments of that sequence alone as a dense batch of one.
+    A sequence without query rows has no output and no gradient: it is skipped.
+    """
     cu_q, cu_k = args.cu_seqlens_q, args.cu_seqlens_k
     for b in range(args.batch):
         rows, keys = slice(int(cu_q[b]), int(cu_q[b + 1])), slice(int(cu_k[b]), int(cu_k[b + 1]))
+        if rows.stop == rows.start:
+            continue
         one = dataclasses.replace(
             args, batch=1, q_len=rows.stop - rows.start, kv_len=keys.stop - keys.start,
             cu_seqlens_q=None, cu_seqlens_k=None,
         )  # fmt: skip
-        if one.q_len == 0:
-            continue
-        qb, kb, vb = (np.swapaxes(x[s], 0, 1)[None] for x, s in ((q, rows), (k, keys), (v, keys)))
-        out_b, lse_b, _ = dense_attention(qb, kb, vb, pattern, one, dt)
-        out[rows] = np.swapaxes(out_b[0], 0, 1)
-        lse[rows] = lse_b[0].T
-    return out, lse
+        yield rows, keys, one
+
+
+def sequence_view(packed: np.ndarray, part: slice) -> np.ndarray:
+    """Rows ``part`` of a packed ``(T, H, n)`` array as a dense ``(1, H, L, n)`` view (writable if ``packed`` is)."""
+    return np.swapaxes(packed[part], 0, 1)[None]
 
 
 def dense_attention(

@@ -51,9 +51,16 @@ __all__ = ["attend_vjp"]
 
 
 def _finite(xp: Any, array: Any, minus_inf_ok: bool = False) -> bool:
-    """True if ``array`` holds no NaN or inf (``-inf`` allowed with ``minus_inf_ok``)."""
+    """True if ``array`` holds no NaN or inf (``-inf`` allowed with ``minus_inf_ok``).
+
+    Without ``minus_inf_ok``, one pass: a sum is finite only if every term is
+    (a sum that overflows merely sends the call down the exact path).
+    """
+    if not minus_inf_ok:
+        with quiet(xp):
+            return math.isfinite(float(array.sum()))
     high, low = float(array.max()), float(array.min())  # NaN survives max and min
-    return math.isfinite(high) and (math.isfinite(low) or (minus_inf_ok and low == -math.inf))
+    return math.isfinite(high) and (math.isfinite(low) or low == -math.inf)
 
 
 class _Backward(Inputs):
@@ -61,9 +68,9 @@ class _Backward(Inputs):
 
     def __init__(
         self, xp: Any, q: Any, k: Any, v: Any, dout: Any, dlse: Any, pattern: Pattern, args: AttentionArgs,
-        bias: Any, mask: Any,
+        bias: Any, mask: Any, matmul: Any = None,
     ) -> None:  # fmt: skip
-        super().__init__(xp, q, k, pattern, args, bias, mask)
+        super().__init__(xp, q, k, pattern, args, bias, mask, matmul)
         dt = self.dtype
         self.v = xp.ascontiguousarray(v.astype(dt, copy=False))
         self.dout = dout
@@ -97,7 +104,7 @@ def _run_task(ctx: _Backward, task: Task) -> None:
     if sink is not None:  # the sink's weight exp(sinks[h] - lse_i); exactly 0 for a -inf sink
         p_sink = xp.where(sink[..., 0] == NEG_INF, dt.type(0), xp.exp(sink[..., 0] - lse))
     v = ctx.v[b, h0:h1, lo:hi][:, None]  # (hk, 1, n, Dv)
-    dS = xp.matmul(dO, v.swapaxes(-1, -2))  # dP (hk, g, rows, n), turned into dS in place
+    dS = ctx.matmul(dO, v.swapaxes(-1, -2))  # dP (hk, g, rows, n), turned into dS in place
     if ok is None:
         delta = xp.einsum("...j,...j->...", P, dS)[..., None]  # rowsum(P * dP), no temporary
     else:
@@ -113,7 +120,7 @@ def _run_task(ctx: _Backward, task: Task) -> None:
         ok = xp.broadcast_to(ok, (hk, g, rows, n)).reshape(hk, g * rows, n)
     P = P.reshape(hk, g * rows, n)
     dO = dO.reshape(hk, g * rows, -1)
-    dv = _product(xp, P.swapaxes(-1, -2), dO, None if ok is None else ok.swapaxes(-1, -2))
+    dv = _product(ctx, P.swapaxes(-1, -2), dO, None if ok is None else ok.swapaxes(-1, -2))
     if ctx.dbias is not None:
         _add_bias_grad(ctx, task, dS)
     dS = dS.reshape(hk, g * rows, n)
@@ -121,9 +128,9 @@ def _run_task(ctx: _Backward, task: Task) -> None:
         dS *= dcap
         if ok is not None:
             dS = xp.where(ok, dS, dt.type(0))
-    dq = _product(xp, dS, ctx.k[b, h0:h1, lo:hi], ok)
+    dq = _product(ctx, dS, ctx.k[b, h0:h1, lo:hi], ok)
     dq *= dt.type(args.scale)
-    dk = _product(xp, dS.swapaxes(-1, -2), qb, None if ok is None else ok.swapaxes(-1, -2))
+    dk = _product(ctx, dS.swapaxes(-1, -2), qb, None if ok is None else ok.swapaxes(-1, -2))
     ctx.dq[b, h0 * g : h1 * g, r0:r1] = dq.reshape(hk * g, rows, -1)
     with ctx.lock:
         ctx.dk[b, h0:h1, lo:hi] += dk
@@ -156,11 +163,11 @@ def _add_unplanned_rows(ctx: _Backward, tasks: list[Task]) -> None:
             ctx.dsinks += weight * dlse
 
 
-def _product(xp: Any, weights: Any, values: Any, ok: Any) -> Any:
+def _product(ctx: _Backward, weights: Any, values: Any, ok: Any) -> Any:
     """``weights @ values`` summing over allowed pairs only (``ok`` None: every input finite)."""
     if ok is None:
-        return xp.matmul(weights, values)
-    return weighted_sum(xp, weights, values, lambda c: ok[..., c])
+        return ctx.matmul(weights, values)
+    return weighted_sum(ctx.xp, weights, values, lambda c: ok[..., c], matmul=ctx.matmul)
 
 
 def _add_bias_grad(ctx: _Backward, task: Task, dS: Any) -> None:
@@ -201,7 +208,7 @@ def attend_vjp(
     (shaped and typed like ``bias``) when a bias is given, then ``dsinks``
     (in ``q``'s dtype, as the reference run at that precision) when sinks are given.
     """
-    ctx = _Backward(xp, q, k, v, dout, dlse, pattern, args, bias, mask)
+    ctx = _Backward(xp, q, k, v, dout, dlse, pattern, args, bias, mask, config.matmul)
     config = dataclasses.replace(config, key_block=0)  # a task holds its whole key range
     tasks = plan(args, pattern, config)
     run_tasks(xp, tasks, lambda task, _: _run_task(ctx, task), lambda: None, config.threads)

@@ -26,8 +26,12 @@ class Inputs:
     """One call's inputs, prepared once: ``k`` contiguous in the compute dtype, ``bias`` and
     ``mask`` as 4-d views (no broadcast copy)."""
 
-    def __init__(self, xp: Any, q: Any, k: Any, pattern: Pattern, args: AttentionArgs, bias: Any, mask: Any):
+    def __init__(
+        self, xp: Any, q: Any, k: Any, pattern: Pattern, args: AttentionArgs, bias: Any, mask: Any,
+        matmul: Any = None,
+    ) -> None:  # fmt: skip
         self.xp = xp
+        self.matmul = xp.matmul if matmul is None else matmul  # the blocks' products (BlockConfig.matmul)
         self.args = args
         self.pattern = pattern
         self.dtype = compute_dtype(q.dtype)
@@ -42,13 +46,15 @@ def _as_4d(array: Any) -> Any:
     return array.reshape((1,) * (4 - array.ndim) + tuple(array.shape))
 
 
-def nonfinite_keys(xp: Any, array: Any) -> np.ndarray | None:
+def nonfinite_keys(xp: Any, array: Any, extremes: tuple[float, float] | None = None) -> np.ndarray | None:
     """Host bool ``(B, L)``: positions whose row holds a NaN or inf in some head; None if all finite.
 
     Checked first through ``max``/``min`` (NaN and inf survive them), which
-    needs no temporary the size of ``array``.
+    needs no temporary the size of ``array``; ``extremes`` are those two if
+    the caller has them already.
     """
-    if np.isfinite(float(array.max())) and np.isfinite(float(array.min())):
+    high, low = (float(array.max()), float(array.min())) if extremes is None else extremes
+    if np.isfinite(high) and np.isfinite(low):
         return None
     return to_host(xp, ~xp.isfinite(array).all(axis=(1, 3)))
 
@@ -95,10 +101,10 @@ def scores(
     hk, rows, n = h1 - h0, r1 - r0, j1 - j0
     k = ctx.k[task.batch, h0:h1, j0:j1]
     if transposed:
-        s = xp.matmul(k, qb.swapaxes(-1, -2), out=out)
+        s = ctx.matmul(k, qb.swapaxes(-1, -2), out=out)
         s4 = s.reshape(hk, n, g, rows)
     else:
-        s = xp.matmul(qb, k.swapaxes(-1, -2), out=out)
+        s = ctx.matmul(qb, k.swapaxes(-1, -2), out=out)
         s4 = s.reshape(hk, g, rows, n)
     if not scaled:
         s *= ctx.dtype.type(args.scale)

@@ -8,7 +8,7 @@ the softmax and the product with ``v``, and writes its rows of ``out`` and
 
 float32 (also for float16/bfloat16 inputs, rounded once at the end): the
 scores are laid out ``keys x queries``, the scale is folded into the query
-block, ``v`` carries an extra row of ones so that the softmax denominator comes
+block, ``v`` carries an extra column of ones so that the softmax denominator comes
 out of the second product, a row's max is subtracted only when ``exp`` would
 otherwise overflow or lose precision (it cancels in ``out = numerator /
 denominator``), and a long key range is streamed in pieces of ``key_block``
@@ -55,14 +55,19 @@ STREAM_LIMIT = 1e36
 class _Forward(Inputs):
     """The call's inputs and outputs, and the float32 path's precomputed bounds."""
 
-    def __init__(self, xp: Any, q: Any, k: Any, v: Any, pattern: Pattern, args: AttentionArgs, bias: Any, mask: Any):
-        super().__init__(xp, q, k, pattern, args, bias, mask)
+    def __init__(
+        self, xp: Any, q: Any, k: Any, v: Any, pattern: Pattern, args: AttentionArgs, bias: Any, mask: Any,
+        matmul: Any = None,
+    ) -> None:  # fmt: skip
+        super().__init__(xp, q, k, pattern, args, bias, mask, matmul)
         v = v.astype(self.dtype, copy=False)
-        self.bad_keys = nonfinite_keys(xp, v)  # (B, Lk) host bool, or None
+        extremes = (float(v.max()), float(v.min()))  # no temporary the size of v
+        self.bad_keys = nonfinite_keys(xp, v, extremes)  # (B, Lk) host bool, or None
         self.v_raw = v
         if self.bad_keys is not None:
             v = xp.where(xp.isfinite(v), v, xp.zeros((), dtype=self.dtype))
-        largest = max(float(v.max()), -float(v.min()), 0.0)  # no temporary the size of v
+            extremes = (float(v.max()), float(v.min()))
+        largest = max(extremes[0], -extremes[1], 0.0)
         self.fast = self.dtype == np.float32 and largest * max(args.kv_len, 1) < STREAM_LIMIT
         self.v = self._prepare_values(v, largest, bias is None) if self.fast else xp.ascontiguousarray(v)
         shape = (args.batch, args.q_heads, args.q_len)
@@ -74,8 +79,10 @@ class _Forward(Inputs):
                 self.lse[b, :, :q_len] = self.sinks[:, None]
 
     def _prepare_values(self, v: Any, largest: float, no_bias: bool) -> Any:
-        """float32: ``v`` transposed with a row of ones below, ``(B, Hkv, Dv + 1, Lk)``, so that the
-        softmax denominator comes out of the product. Also sets the shift-free range."""
+        """float32: ``v`` with a column of ones after it, ``(B, Hkv, Lk, Dv + 1)``, so that the
+        softmax denominator comes out of the product (the product reads it transposed, which BLAS
+        does without a copy; a transposed copy here would cost 3 to 4 times a plain one). Also sets
+        the shift-free range."""
         xp, args = self.xp, self.args
         self.unshifted = (np.inf, -np.inf)  # see _stream: maxima for which exp(s) needs no shift
         self.score_bound = -np.inf  # see _scores_bounded
@@ -89,9 +96,9 @@ class _Forward(Inputs):
             self.score_bound = min(high, -low)
             if no_bias:  # (B, Hkv, Lk): bounds the scores by Cauchy-Schwarz
                 self.key_norms = xp.sqrt(xp.einsum("bhld,bhld->bhl", self.k, self.k))
-        extended = xp.empty((*v.shape[:2], v.shape[3] + 1, v.shape[2]), dtype=self.dtype)
-        extended[:, :, :-1] = v.swapaxes(-1, -2)
-        extended[:, :, -1] = 1
+        extended = xp.empty((*v.shape[:3], v.shape[3] + 1), dtype=self.dtype)
+        extended[..., :-1] = v
+        extended[..., -1] = 1
         return extended
 
     def bad_columns(self, task: Task, j0: int, j1: int) -> np.ndarray:
@@ -139,7 +146,7 @@ def _run_task(ctx: _Forward, task: Task, scratch: _Scratch, key_block: int) -> N
         sink = None if ctx.sinks is None else ctx.sinks[h0 * g : h1 * g].reshape(hk, g, 1, 1)
         P, lse = masked_softmax(xp, s.reshape(hk, g, rows, hi - lo), ok, sink=sink)
         values = ctx.v_raw[task.batch, h0:h1, lo:hi][:, None]  # (hk, 1, keys, Dv): one kv head per group
-        out = weighted_sum(xp, P, values, lambda c: ok[..., c], ctx.bad_columns(task, lo, hi) - lo)
+        out = weighted_sum(xp, P, values, lambda c: ok[..., c], ctx.bad_columns(task, lo, hi) - lo, ctx.matmul)
     out, lse = out.reshape(hk * g, rows, -1), lse.reshape(hk * g, rows)
     if ctx.fast and ctx.sinks is not None:  # the other path counted the sink in its softmax
         out, lse = _with_sink(xp, out, lse, ctx.sinks[h0 * g : h1 * g, None])
@@ -191,7 +198,7 @@ def _stream(ctx: _Forward, task: Task, qb: Any, pieces: list, user: Any, scratch
         if bad.size:
             kept.append((bad, s[:, xp.asarray(bad - j0), :], shift_new))
         xp.exp(s, out=s)
-        part = xp.matmul(ctx.v[batch, h0:h1, :, j0:j1], s)
+        part = ctx.matmul(ctx.v[batch, h0:h1, j0:j1].swapaxes(-1, -2), s)  # (hk, Dv + 1, g * rows)
         if acc is None:
             acc = part
         else:
@@ -199,7 +206,7 @@ def _stream(ctx: _Forward, task: Task, qb: Any, pieces: list, user: Any, scratch
                 acc *= xp.where(m_run == NEG_INF, dt.type(0), xp.exp(shift - shift_new))
             acc += part
         m_run, shift = m_new, shift_new
-    total = acc[:, -1:]  # the row of ones in v.T gives the softmax denominator
+    total = acc[:, -1:]  # the column of ones in v gives the softmax denominator
     empty = total == 0
     out = acc[:, :-1] / xp.where(empty, dt.type(1), total)  # (hk, Dv, g * rows)
     out, shift, total, empty = (xp.ascontiguousarray(a.swapaxes(-1, -2)) for a in (out, shift, total, empty))
@@ -259,7 +266,7 @@ def attend(
 
     Returns ``out`` (and ``lse`` if ``return_lse``) in the dtype of ``q``.
     """
-    ctx = _Forward(xp, q, k, v, pattern, args, bias, mask)
+    ctx = _Forward(xp, q, k, v, pattern, args, bias, mask, config.matmul)
     if not ctx.fast:
         config = dataclasses.replace(config, key_block=0)  # the reference's steps: no streaming
     key_block = config.key_block

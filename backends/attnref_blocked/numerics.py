@@ -102,6 +102,7 @@ def weighted_sum(
     values: Any,
     allowed: Callable[[Any], Any],
     bad: np.ndarray | None = None,
+    matmul: Callable[..., Any] | None = None,
 ) -> Any:
     """``out[..., i, :] = sum over allowed j of weights[..., i, j] * values[..., j, :]``.
 
@@ -112,16 +113,17 @@ def weighted_sum(
     terms are added back with IEEE rules only where allowed
     (:func:`add_nonfinite_terms`). ``allowed(columns)`` (an index array of
     ``xp``) returns the allowed mask of those columns, broadcastable to
-    ``weights[..., columns]``.
+    ``weights[..., columns]``. ``matmul`` is the product to use (default ``xp.matmul``).
     """
+    matmul = xp.matmul if matmul is None else matmul
     if bad is None:
         bad = nonfinite_rows(xp, values)
     if bad.size == 0:
-        return xp.matmul(weights, values)
+        return matmul(weights, values)
     index = xp.asarray(bad)
     picked = values[..., index, :]
     clean = xp.where(xp.isfinite(values), values, xp.zeros((), dtype=values.dtype))
-    result = xp.matmul(weights, clean)
+    result = matmul(weights, clean)
     add_nonfinite_terms(xp, result, weights[..., index], picked, allowed(index))
     return result
 

@@ -14,6 +14,9 @@ backward kernels run the same plan.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
 
 from attnref.patterns import Pattern, QueryBlock
 from attnref.validation import AttentionArgs
@@ -50,6 +53,11 @@ class BlockConfig:
         block costs kernel launches.
     threads : int
         Worker threads (1 = run on the calling thread).
+    matmul : callable, optional
+        The matrix product of the kernels' blocks, with ``numpy.matmul``'s
+        signature (``None``: the namespace's own ``matmul``). The NumPy backend
+        gives its worker threads a product on a private single-threaded BLAS
+        (:mod:`attnref_numpy._gemm`).
     """
 
     score_elements: int = 1 << 19
@@ -58,6 +66,7 @@ class BlockConfig:
     key_block: int = 512
     row_overhead: int = 8
     threads: int = 1
+    matmul: Callable[..., Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,52 +100,63 @@ def _row_blocks(pattern: Pattern, q_len: int, kv_len: int, offset: int, rows: in
 def plan(args: AttentionArgs, pattern: Pattern, config: BlockConfig) -> list[Task]:
     """Cut the op into tasks, the most expensive first (for load balance)."""
     offsets = args.offsets()
-    g = args.group
+    shape = dataclasses.replace(config, matmul=None)  # what the cut depends on (and hashable)
+    # Only plain patterns are cached: they are values; any other pattern-like object (such as a
+    # packed batch's) is planned afresh, so that the cache never keeps it alive.
+    planner = _sequence_plan if type(pattern) is Pattern else _sequence_plan.__wrapped__
     tasks = []
-    cache: dict[tuple[int, int, int], tuple[int, list]] = {}
     for b, (q_len, kv_len) in enumerate(zip(args.q_lens().tolist(), args.kv_lens().tolist(), strict=True)):
         offset = int(offsets[b])
-        rows, blocks = _choose_rows(pattern, q_len, kv_len, offset, config, cache)
-        if not blocks:
-            continue
-        widest = _score_width(blocks, config.key_block)
-        if g * rows * widest > config.score_elements and rows > 1:
-            rows = max(1, config.score_elements // (g * widest))
-            blocks = _row_blocks(pattern, q_len, kv_len, offset, rows)
-            widest = _score_width(blocks, config.key_block)
-        heads = _heads_per_task(args.kv_heads, g * rows * widest, config, len(blocks) * args.batch)
-        tiled = pattern.plan_blocks(q_len, kv_len, offset=offset, block_rows=rows, key_tile=config.tile)
-        for block in tiled:
-            if block.empty:
-                continue
-            for h0 in range(0, args.kv_heads, heads):
-                h1 = min(h0 + heads, args.kv_heads)
-                rows_, keys = (block.start, block.stop), (block.key_start, block.key_stop)
-                tasks.append(Task(b, (h0, h1), rows_, keys, block.masked_ranges(), offset))
+        for heads, rows, keys, masked in planner(
+            pattern, q_len, kv_len, offset, args.group, args.kv_heads, args.batch, shape
+        ):  # fmt: skip
+            tasks.append(Task(b, heads, rows, keys, masked, offset))
     tasks.sort(key=lambda t: -t.cost)
     return tasks
 
 
+@functools.lru_cache(maxsize=64)
+def _sequence_plan(
+    pattern: Pattern, q_len: int, kv_len: int, offset: int, g: int, kv_heads: int, batch: int, config: BlockConfig
+) -> tuple[tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[tuple[int, int], ...]], ...]:
+    """The tasks of one sequence as ``(heads, rows, keys, masked)``. Cached: a model calls the same
+    shapes again and again, and planning a long sequence costs tens of milliseconds in Python."""
+    rows, blocks = _choose_rows(pattern, q_len, kv_len, offset, config)
+    if not blocks:
+        return ()
+    widest = _score_width(blocks, config.key_block)
+    if g * rows * widest > config.score_elements and rows > 1:
+        rows = max(1, config.score_elements // (g * widest))
+        blocks = _row_blocks(pattern, q_len, kv_len, offset, rows)
+        widest = _score_width(blocks, config.key_block)
+    heads = _heads_per_task(kv_heads, g * rows * widest, config, len(blocks) * batch)
+    tiled = pattern.plan_blocks(q_len, kv_len, offset=offset, block_rows=rows, key_tile=config.tile)
+    return tuple(
+        ((h0, min(h0 + heads, kv_heads)), (block.start, block.stop), (block.key_start, block.key_stop),
+         block.masked_ranges())
+        for block in tiled
+        if not block.empty
+        for h0 in range(0, kv_heads, heads)
+    )  # fmt: skip
+
+
 def _choose_rows(
-    pattern: Pattern, q_len: int, kv_len: int, offset: int, config: BlockConfig, cache: dict
+    pattern: Pattern, q_len: int, kv_len: int, offset: int, config: BlockConfig
 ) -> tuple[int, list[QueryBlock]]:
     """Query rows per block, and the blocks: the candidate (a power of two up to ``max_rows``)
     with the least planned work, counting each block as ``rows + config.row_overhead`` rows against its
     key range. Tall blocks waste keys in a narrow band (the range grows with the rows); short
     ones cost per-block overhead and slower products. Global attention takes ``max_rows``."""
-    key = (q_len, kv_len, offset)
-    if key not in cache:
-        candidates = [config.max_rows]
-        while candidates[-1] > MIN_ROWS:
-            candidates.append(candidates[-1] // 2)
-        best = None
-        for rows in candidates:
-            blocks = _row_blocks(pattern, q_len, kv_len, offset, rows)
-            work = sum((b.stop - b.start + config.row_overhead) * (b.key_stop - b.key_start) for b in blocks)
-            if best is None or work < best[0]:
-                best = (work, rows, blocks)
-        cache[key] = best[1:]
-    return cache[key]
+    candidates = [config.max_rows]
+    while candidates[-1] > MIN_ROWS:
+        candidates.append(candidates[-1] // 2)
+    best = None
+    for rows in candidates:
+        blocks = _row_blocks(pattern, q_len, kv_len, offset, rows)
+        work = sum((b.stop - b.start + config.row_overhead) * (b.key_stop - b.key_start) for b in blocks)
+        if best is None or work < best[0]:
+            best = (work, rows, blocks)
+    return best[1], best[2]
 
 
 def _score_width(blocks: list[QueryBlock], key_block: int) -> int:

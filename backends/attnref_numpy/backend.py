@@ -1,16 +1,21 @@
 """The NumPy backend: the shared blocked code (:mod:`attnref_blocked`) with ``xp = numpy``, on threads.
 
-NumPy's ufuncs and BLAS calls release the GIL, so a call's query blocks can
-run on a few worker threads that live only for that call
+NumPy's ufuncs and BLAS calls release the GIL, so a call's query blocks run
+on a few worker threads that live only for that call
 (:mod:`attnref_blocked.threads`). Workers pay off only while each one's
 matrix products run on a single BLAS thread, and the backend changes no
-process-wide state to get there unless asked to: by default it runs workers
-when NumPy's BLAS is already single-threaded (``OPENBLAS_NUM_THREADS=1``, or
-``threadpoolctl.threadpool_limits(1, "blas")`` around the calls), and otherwise
-runs on the calling thread and lets BLAS's own threads share the products.
-``hold_blas=True`` (or ``ATTNREF_NUMPY_HOLD_BLAS=1``) is the opt-in that holds
-BLAS at one thread, process-wide, during each multi-worker call
-(:mod:`attnref_numpy._blas` says what that costs other threads).
+process-wide state to get there: the workers' products go through a private
+OpenBLAS held at one thread (:mod:`attnref_numpy._gemm`, from the
+``scipy-openblas32`` wheel, a dependency), never through NumPy's own BLAS,
+whose thread count stays as the user set it. Where that library is missing
+(or switched off with ``ATTNREF_NUMPY_PRIVATE_BLAS=0``), the backend runs
+workers only when NumPy's BLAS is already single-threaded
+(``OPENBLAS_NUM_THREADS=1``, ``threadpoolctl.threadpool_limits(1, "blas")``),
+and otherwise runs on the calling thread with BLAS's own threads in the
+products; ``hold_blas=True`` (or ``ATTNREF_NUMPY_HOLD_BLAS=1``) is then the
+opt-in that holds NumPy's BLAS at one thread, process-wide, during each
+multi-worker call (:mod:`attnref_numpy._blas` says what that costs other
+threads).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from attnref.dtypes import DTYPE_NAMES
 from attnref.validation import AttentionArgs
 from attnref_blocked import ArrayBackend, BlockConfig
 from attnref_numpy._blas import blas_threads, holding_blas
+from attnref_numpy._gemm import private_blas
 
 __all__ = ["NumpyBackend", "default_threads", "usable_cores"]
 
@@ -35,10 +41,11 @@ HOLD_BLAS_ENV = "ATTNREF_NUMPY_HOLD_BLAS"
 
 
 def default_threads() -> int:
-    """Worker threads for one call of the NumPy backend: the cores this process may use (at most
-    8) while NumPy's BLAS runs on one thread (read now, never set), else 1: the calling thread,
-    with BLAS's threads in the products (workers on top of them would oversubscribe the cores)."""
-    if blas_threads() != 1:
+    """Worker threads for one large call of the NumPy backend: the cores this process may use (at
+    most 8) when the workers' products can run on one BLAS thread each (the private BLAS is there,
+    or NumPy's BLAS runs on one thread: read now, never set), else 1: the calling thread, with
+    BLAS's threads in the products (workers on top of them would oversubscribe the cores)."""
+    if private_blas() is None and blas_threads() != 1:
         return 1
     return usable_cores()
 
@@ -59,15 +66,17 @@ class NumpyBackend(ArrayBackend):
     ----------
     threads : int, optional
         Worker threads for the multi-head ops and their gradients (default:
-        :func:`default_threads`, decided at each call). With ``threads > 1``,
-        hold BLAS to one thread yourself (``OPENBLAS_NUM_THREADS=1``, or
-        ``threadpoolctl.threadpool_limits(1, "blas")``) or the cores are
+        :func:`default_threads`, decided at each call). Their products run
+        on the private single-threaded BLAS; without it, with ``threads > 1``,
+        hold NumPy's BLAS to one thread yourself (``OPENBLAS_NUM_THREADS=1``,
+        or ``threadpoolctl.threadpool_limits(1, "blas")``) or the cores are
         oversubscribed. Calls too small to split run on the calling thread.
     hold_blas : bool, optional
-        Opt in to holding NumPy's OpenBLAS at one thread, process-wide, during
-        each call large enough for workers, which then run on every usable
-        core whatever BLAS's own setting (default: the environment variable
-        ``ATTNREF_NUMPY_HOLD_BLAS`` is ``1``, read at each call).
+        Only where the private BLAS is missing: opt in to holding NumPy's
+        OpenBLAS at one thread, process-wide, during each call large enough
+        for workers, which then run on every usable core whatever BLAS's own
+        setting (default: the environment variable ``ATTNREF_NUMPY_HOLD_BLAS``
+        is ``1``, read at each call).
     block : BlockConfig, optional
         Block sizes (its ``threads`` is ignored); the default suits CPUs with
         about 1 MiB of L2 cache per core. Tests use tiny blocks.
@@ -109,11 +118,16 @@ class NumpyBackend(ArrayBackend):
             threads = self.threads
         else:
             threads = usable_cores() if self._holds_blas() else default_threads()
-        return dataclasses.replace(self.block, threads=threads)
+        matmul = self.block.matmul
+        blas = private_blas() if threads > 1 and matmul is None else None
+        if blas is not None:
+            matmul = blas.matmul
+        return dataclasses.replace(self.block, threads=threads, matmul=matmul)
 
     def _run(self, kernel: Any, config: BlockConfig) -> Any:
-        """Run ``kernel()``, holding BLAS at one thread around it if opted in and it uses workers."""
-        if config.threads > 1 and self._holds_blas():
+        """Run ``kernel()``, holding NumPy's BLAS at one thread around it if opted in, the call
+        uses workers and their products have no private BLAS."""
+        if config.threads > 1 and config.matmul is None and self._holds_blas():
             with holding_blas():
                 return kernel()
         return kernel()

@@ -184,7 +184,7 @@ def _attention(
     need_lse = return_lse or sinks is not None
     kernel = partial(_dense_path, pattern, bias=bias, mask=mask, grad=grad, flex=flex)
     if args.packed:
-        result = by_sequence(q, k, v, args, kernel, return_lse=need_lse)
+        result = by_sequence(q, k, v, args, kernel, return_lse=need_lse, pattern=pattern, grad=grad)
     else:
         result = kernel(q, k, v, replace(args, sinks=None), return_lse=need_lse)
     return _joined_sinks(result, sinks, _padding(args, q.device), dtype, return_lse)
@@ -267,8 +267,9 @@ def paged_attention(
     return_lse: Any = False,
     flex: bool = False,
 ) -> Any:
-    """:func:`attnref.reference.paged_attention` on tensors: each sequence's used cache blocks
-    gathered for it alone, then the dense op (:func:`attnref_torch._sequences.by_paged_sequence`)."""
+    """:func:`attnref.reference.paged_attention` on tensors, one sequence at a time: a decoding
+    step streamed from the cache blocks, anything else on its used blocks gathered for it alone
+    (:func:`attnref_torch._sequences.by_paged_sequence`)."""
     q, k_cache, v_cache = checkable(q), checkable(k_cache), checkable(v_cache)
     for name, value in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("sinks", sinks)):
         if isinstance(value, torch.Tensor):
@@ -287,7 +288,9 @@ def paged_attention(
     if sinks is not None:  # as in _attention; the caches are cast by sequence, after the gather
         q, sinks = q.to(compute_dtype(dtype)), sinks.to(compute_dtype(dtype))
     kernel = partial(_dense_path, paged.pattern, bias=None, mask=None, grad=grad, flex=flex)
-    result = by_paged_sequence(q, k_cache, v_cache, paged, kernel, return_lse=return_lse or sinks is not None)
+    result = by_paged_sequence(
+        q, k_cache, v_cache, paged, kernel, return_lse=return_lse or sinks is not None, grad=grad
+    )
     return _joined_sinks(result, sinks, None, dtype, return_lse)
 
 

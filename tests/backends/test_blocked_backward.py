@@ -291,3 +291,20 @@ def test_invalid_upstream_gradients_name_the_argument(kwargs, error, argument):
     call.update(kwargs)
     with pytest.raises(error, match=f"^{argument}"):
         TINY.local_attention_vjp(call.pop("q"), call.pop("k"), call.pop("v"), call.pop("dout"), **call)
+
+
+def test_finite_inputs_whose_sum_overflows_float32_give_the_same_gradients():
+    """The backward's finiteness check sums each input once; a sum that overflows (finite terms)
+    must only send the call down the exact path, never change a gradient."""
+    rng = np.random.default_rng(11)
+    q, k, v = (rng.standard_normal((1, 2, 40, 8)).astype(np.float32) for _ in range(3))
+    dout = np.zeros((1, 2, 40, 8), dtype=np.float32)
+    for i in range(8):
+        dout[0, i % 2, i, i] = 1e38  # eight terms near float32's maximum: their sum overflows, each row is fine
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(dout.sum()) and np.isfinite(dout).all()
+    got = DEFAULT.local_attention_vjp(q, k, v, dout, window=(5, 5))
+    want = reference.local_attention_vjp(q, k, v, dout, window=(5, 5))
+    for name, g, w in zip(NAMES, got, want, strict=False):
+        assert np.isfinite(g).all(), name
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e31, err_msg=name)

@@ -26,7 +26,7 @@ from attnref.dtypes import DTYPE_NAMES, numpy_dtype
 from attnref.patterns import Pattern
 from attnref.validation import check_attention
 from attnref_blocked import BlockConfig, forward, plan
-from attnref_numpy import _blas
+from attnref_numpy import _blas, _gemm
 from attnref_numpy import backend as backend_module
 from attnref_numpy.backend import NumpyBackend
 from attnref_numpy.plugin import attnref_backends
@@ -478,9 +478,11 @@ def test_plugin_registers_a_valid_numpy_backend():
 
 def test_listing_and_building_the_backend_touch_no_native_library():
     _blas._controls.cache_clear()
+    _gemm.private_blas.cache_clear()
     attnref_backends()
     NumpyBackend(threads=2).global_attention(*(np.ones((1, 1, 4, 4)),) * 3)  # too small for workers
     assert _blas._controls.cache_info().currsize == 0
+    assert _gemm.private_blas.cache_info().currsize == 0
 
 
 def test_calls_leave_the_blas_thread_count_alone(monkeypatch):
@@ -509,6 +511,7 @@ def recording(seen: list):
 def test_hold_blas_is_an_opt_in_that_restores_the_count(monkeypatch):
     if _blas.blas_threads() is None:
         pytest.skip("NumPy has no bundled OpenBLAS here")
+    monkeypatch.setattr(backend_module, "private_blas", lambda: None)  # hold_blas applies only without it
     before = _blas.blas_threads()
     q = np.ones((1, 2, 1024, 8), dtype=np.float32)
     seen: list = []
@@ -527,9 +530,10 @@ def test_hold_blas_is_an_opt_in_that_restores_the_count(monkeypatch):
 
 
 @pytest.mark.parametrize("blas, workers", [(1, True), (2, False), (None, False)])
-def test_default_threads_follow_the_blas_setting(monkeypatch, blas, workers):
-    """Workers only while BLAS runs on one thread (else they would oversubscribe the cores)."""
+def test_without_the_private_blas_default_threads_follow_the_blas_setting(monkeypatch, blas, workers):
+    """Workers only while NumPy's BLAS runs on one thread (else they would oversubscribe the cores)."""
     monkeypatch.delenv(backend_module.HOLD_BLAS_ENV, raising=False)
+    monkeypatch.setattr(backend_module, "private_blas", lambda: None)
     monkeypatch.setattr(backend_module, "blas_threads", lambda: blas)
     monkeypatch.setattr(backend_module, "usable_cores", lambda: 4)
     q = np.zeros((1, 2, 1024, 8), dtype=np.float32)
@@ -537,6 +541,37 @@ def test_default_threads_follow_the_blas_setting(monkeypatch, blas, workers):
     assert DEFAULT.block_config(args).threads == (4 if workers else 1)
     assert NumpyBackend(threads=3).block_config(args).threads == 3
     assert NumpyBackend(hold_blas=True).block_config(args).threads == 4
+
+
+@pytest.mark.parametrize("blas", [1, 2, None])
+def test_with_the_private_blas_workers_run_on_every_core_whatever_numpys_blas(monkeypatch, blas):
+    if _gemm.private_blas() is None:
+        pytest.skip("the scipy-openblas32 wheel is not installed")
+    monkeypatch.delenv(backend_module.HOLD_BLAS_ENV, raising=False)
+    monkeypatch.setattr(backend_module, "blas_threads", lambda: blas)
+    monkeypatch.setattr(backend_module, "usable_cores", lambda: 4)
+    q = np.zeros((1, 2, 1024, 8), dtype=np.float32)
+    config = DEFAULT.block_config(check_attention(q, q, q))
+    assert config.threads == 4 and config.matmul == _gemm.private_blas().matmul
+    small = np.zeros((1, 1, 4, 4), dtype=np.float32)  # on the calling thread: NumPy's own matmul
+    assert DEFAULT.block_config(check_attention(small, small, small)).matmul is None
+
+
+def test_the_workers_products_run_on_the_private_blas_at_one_thread(monkeypatch):
+    blas = _gemm.private_blas()
+    if blas is None:
+        pytest.skip("the scipy-openblas32 wheel is not installed")
+    calls = []
+    real = blas.matmul
+    monkeypatch.setattr(blas, "matmul", lambda *a, **kw: calls.append(blas.threads()) or real(*a, **kw))
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 2, 1024, 16)).astype(np.float32) for _ in range(3))
+    before = _blas.blas_threads()
+    out = TWO_THREADS.local_attention(q, k, v, window=(64, 64))
+    assert calls and set(calls) == {1}
+    assert _blas.blas_threads() == before  # NumPy's BLAS untouched
+    monkeypatch.setattr(backend_module, "private_blas", lambda: None)
+    np.testing.assert_allclose(out, TWO_THREADS.local_attention(q, k, v, window=(64, 64)), rtol=1e-5, atol=1e-6)
 
 
 def worker_threads() -> list[threading.Thread]:
@@ -721,6 +756,27 @@ def test_merge_attention_states_matches_reference(dtype):
     assert_conforms(got[0], ref[0], naive[0], dtype, finite_max(outs), "out")
     assert_conforms(got[1], ref[1], naive[1], dtype, max(1.0, finite_max(ref[1])), "lse")
     assert np.isfinite(got[0][0, 0]).all() and np.all(got[0][1, 1] == 0) and np.isnan(got[1][1, 2])
+
+
+def test_the_block_plan_is_cached_for_plain_patterns_only():
+    plan._sequence_plan.cache_clear()
+    q = np.zeros((2, 2, 300, 8), dtype=np.float32)
+    args = check_attention(q, q, q)
+    config = BlockConfig(score_elements=1 << 12, threads=2)
+    first = plan.plan(args, Pattern.window(16, 16), config)
+    info = plan._sequence_plan.cache_info()
+    assert (info.currsize, info.hits) == (1, 1)  # both batches share one sequence plan
+    assert plan.plan(args, Pattern.window(16, 16), config) == first
+
+    class Delegating:  # a pattern-like object that is not a plain Pattern (as a packed batch's is)
+        def __init__(self, pattern):
+            self.pattern = pattern
+
+        def __getattr__(self, name):
+            return getattr(self.pattern, name)
+
+    assert plan.plan(args, Delegating(Pattern.window(16, 16)), config) == first
+    assert plan._sequence_plan.cache_info().currsize == 1
 
 
 # -- paged decoding, streamed chunk by chunk (attnref_blocked.decode) ------------------

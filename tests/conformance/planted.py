@@ -208,6 +208,55 @@ BUGS: dict[str, Bug] = {
     "vjp-dout-of-padding-read": Bug(
         "padding rows read their dout (0 * NaN reaches dv)", "global_attention_vjp", "float64", "q-lengths"
     ),
+    # gradients of sinks and packed sequences (issue 11)
+    "vjp-sink-not-in-lse": Bug(
+        "the backward's lse without the sink: P renormalised over the keys",
+        "global_attention_vjp",
+        "float64",
+        "sinks",
+    ),
+    "vjp-dsinks-not-summed": Bug(
+        "dsinks from the last row of the last batch, not summed over rows", "local_attention_vjp", "float64", "sinks"
+    ),
+    "vjp-dsinks-empty-rows-skipped": Bug(
+        "rows with no allowed key add nothing to dsinks (their dlse is lost)",
+        "chunked_attention_vjp",
+        "float64",
+        "sinks-empty-rows",
+    ),
+    "vjp-neg-inf-sink-nan": Bug(
+        "dsinks terms exp(sink - lse) not selected: exp(-inf - -inf) = NaN on rows with no key",
+        "global_attention_vjp",
+        "float64",
+        "sinks-neg-inf",
+    ),
+    "vjp-sink-of-kv-head": Bug(
+        "the backward reads the sink of index h // group, not of query head h",
+        "local_attention_vjp",
+        "float64",
+        "sinks-gqa",
+    ),
+    "vjp-varlen-keys-leak": Bug(
+        "a packed sequence's rows also see the next sequence's first key (its gradient leaks into the neighbour)",
+        "local_attention_vjp",
+        "float64",
+        "varlen-crossing",
+    ),
+    "vjp-varlen-alignment-packed": Bug(
+        "bottom-right alignment over the packed totals in the backward pass, not per sequence",
+        "global_attention_vjp",
+        "float64",
+        "varlen-lq-ne-lk-bottom-right",
+    ),
+    "vjp-varlen-stops-at-empty": Bug(
+        "the backward stops at the first sequence with no queries", "chunked_attention_vjp", "float64", "varlen-empty"
+    ),
+    "vjp-varlen-dsinks-last-sequence": Bug(
+        "dsinks of the last sequence only, not summed over the sequences",
+        "global_attention_vjp",
+        "float64",
+        "varlen-sinks",
+    ),
     # sinks, paged KV caches, merged states (issue 11 item 4)
     "sink-scaled": Bug("the sink logit multiplied by the softmax scale", "global_attention", "float64", "sinks"),
     "lse-without-sink": Bug("lse returned without the sink's term", "local_attention", "float64", "sinks"),
@@ -643,11 +692,16 @@ class ToyBackend:
 
     def _vjp(self, q: Any, k: Any, v: Any, dout: Any, dlse: Any, make_pattern: Callable[[], Pattern], *,
              scale: Any = None, softcap: Any = None, bias: Any = None, mask: Any = None, kv_lengths: Any = None,
-             q_lengths: Any = None, align: Any = "bottom_right") -> Any:  # fmt: skip
-        """The backward pass of FlashAttention-2, one (batch, head) at a time: P recomputed, then
-        ``dS = P * (dP - rowsum(dout * out) + dlse)``, every product selected on the allowed keys."""
+             q_lengths: Any = None, align: Any = "bottom_right", sinks: Any = None, cu_seqlens_q: Any = None,
+             cu_seqlens_k: Any = None) -> Any:  # fmt: skip
+        """The backward pass of FlashAttention-2, one (batch, head) at a time: P recomputed (the sink in
+        the lse), then ``dS = P * (dP - rowsum(dout * out) + dlse)``, every product selected on the
+        allowed keys, and ``dsinks_h = sum_i exp(sink_h - lse_i) (dlse_i - rowsum(dout * out)_i)``."""
+        if cu_seqlens_q is not None or cu_seqlens_k is not None:
+            return self._varlen_vjp(q, k, v, dout, dlse, make_pattern, cu_seqlens_q, cu_seqlens_k, scale=scale,
+                                    softcap=softcap, align=align, sinks=sinks)  # fmt: skip
         a = check_attention(q, k, v, scale=scale, softcap=softcap, bias=bias, mask=mask, kv_lengths=kv_lengths,
-                            q_lengths=q_lengths, align=align)  # fmt: skip
+                            q_lengths=q_lengths, align=align, sinks=sinks)  # fmt: skip
         check_upstream_gradient("dout", dout, (a.batch, a.q_heads, a.q_len, a.value_dim))
         if dlse is not None:
             check_upstream_gradient("dlse", dlse, (a.batch, a.q_heads, a.q_len))
@@ -661,6 +715,7 @@ class ToyBackend:
         dq = np.zeros(qc.shape, work)
         dk, dv = np.zeros(kc.shape, work), np.zeros(vc.shape, work)
         dbias = None if bias is None else np.zeros(a.scores_shape, work)
+        dsinks = None if a.sinks is None else np.zeros(a.q_heads, work)
         offsets = np.zeros(a.batch, np.int64) if "vjp-alignment" in self.bugs else a.offsets()
         i, j = np.arange(a.q_len)[:, None], np.arange(a.kv_len)[None, :]
         with np.errstate(all="ignore"):
@@ -679,10 +734,14 @@ class ToyBackend:
                     if bias_full is not None:
                         s = s + bias_full[b, h]
                     masked = np.where(ok, s, -np.inf)
-                    m = masked.max(axis=1, keepdims=True)
+                    sink = self._vjp_sink(a, b, h, work)  # (Lq, 1); -inf: no sink
+                    m = np.maximum(masked.max(axis=1, keepdims=True), sink)
                     m = np.where(m == -np.inf, 0, m)
                     e = np.where(ok, np.exp(masked - m), 0)
+                    e_sink = np.where(sink == -np.inf, 0, np.exp(sink - m))
                     total = e.sum(axis=1, keepdims=True)
+                    if "vjp-sink-not-in-lse" not in self.bugs:
+                        total = total + e_sink
                     empty = total == 0
                     P = np.where(ok & ~empty, e / np.where(empty, 1, total), 0).astype(work)
                     out = np.where(ok[:, :, None], P[:, :, None] * vc[b, kvh][None], 0).sum(axis=1)
@@ -693,6 +752,9 @@ class ToyBackend:
                     dS = np.where(ok, P * (dP - rows + g), 0).astype(work)
                     if dbias is not None:
                         dbias[b, h] = dS
+                    if dsinks is not None:
+                        lse = m + np.log(total)  # -inf for a row with no key and no sink
+                        dsinks[h] = self._dsinks_row_terms(dsinks[h], sink, lse, ok, g - rows)
                     ds = dS if t is None or "vjp-softcap-chain-dropped" in self.bugs else dS * (1 - t * t)
                     dq_scale = work.type(1 if "vjp-dq-no-scale" in self.bugs else a.scale)
                     dq[b, h] = dq_scale * np.where(ok[:, :, None], ds[:, :, None] * kc[b, kvh][None], 0).sum(axis=1)
@@ -716,7 +778,77 @@ class ToyBackend:
             grads[1], grads[2] = grads[2], grads[1]
         if bias is not None:
             grads.append(self._reduce_bias(dbias, np.shape(bias)).astype(np.asarray(bias).dtype))
+        if dsinks is not None:
+            grads.append(dsinks.astype(np.asarray(sinks).dtype))
         return tuple(grads)
+
+    def _vjp_sink(self, a: Any, b: int, h: int, work: np.dtype) -> np.ndarray:
+        """The sink logit of each row of head ``h``, ``(Lq, 1)``: ``-inf`` without sinks and on padding rows."""
+        sink = np.full((a.q_len, 1), -np.inf, dtype=work)
+        if a.sinks is not None:
+            sink[:] = a.sinks[h // a.group if "vjp-sink-of-kv-head" in self.bugs else h]
+            if a.q_lengths is not None:
+                sink[a.q_lengths[b] :] = -np.inf  # padding rows stay outside the sequence
+        return sink
+
+    def _dsinks_row_terms(self, acc: Any, sink: np.ndarray, lse: np.ndarray, ok: np.ndarray,
+                          upstream: np.ndarray) -> Any:  # fmt: skip
+        """``acc`` plus ``sum_i exp(sink_i - lse_i) * upstream_i`` of one (batch, head), ``upstream_i =
+        dlse_i - dout_i . out_i``; a ``-inf`` sink selected away (never ``exp(-inf - -inf)``)."""
+        terms = np.exp(sink - lse) * upstream
+        if "vjp-neg-inf-sink-nan" not in self.bugs:
+            terms = np.where(sink == -np.inf, 0, terms)
+        if "vjp-dsinks-empty-rows-skipped" in self.bugs:
+            terms = np.where(ok.any(axis=1, keepdims=True), terms, 0)
+        if "vjp-dsinks-not-summed" in self.bugs:
+            return terms[-1, 0]  # the last row's term only
+        return acc + terms.sum()
+
+    def _varlen_vjp(self, q: Any, k: Any, v: Any, dout: Any, dlse: Any, make_pattern: Callable[[], Pattern],
+                    cu_q: Any, cu_k: Any, **options: Any) -> Any:  # fmt: skip
+        """Packed sequences: the dense VJP of each sequence alone, written into packed gradients;
+        ``dsinks`` sums over the sequences."""
+        a = check_attention(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, **options)
+        check_upstream_gradient("dout", dout, (a.q_len, a.q_heads, a.value_dim))
+        if dlse is not None:
+            check_upstream_gradient("dlse", dlse, (a.q_len, a.q_heads))
+        q, k, v, dout = (np.asarray(x) for x in (q, k, v, dout))
+        gl = np.zeros((a.q_len, a.q_heads)) if dlse is None else np.asarray(dlse)
+        cq, ck = a.cu_seqlens_q, a.cu_seqlens_k
+
+        def dense(x: np.ndarray) -> np.ndarray:  # (T, H, n) -> (1, H, T, n)
+            return x.transpose(1, 0, 2)[None]
+
+        if "vjp-varlen-alignment-packed" in self.bugs:  # one sequence, block-diagonal, positions over the totals
+            seq_q = np.searchsorted(cq, np.arange(a.q_len), side="right")
+            seq_k = np.searchsorted(ck, np.arange(a.kv_len), side="right")
+            grads = self._vjp(dense(q), dense(k), dense(v), dense(dout), gl.T[None], make_pattern,
+                              mask=seq_q[:, None] == seq_k[None, :], **options)  # fmt: skip
+            return tuple(g[0].transpose(1, 0, 2) for g in grads[:3]) + tuple(grads[3:])
+        dq, dk, dv = np.zeros(q.shape, q.dtype), np.zeros(k.shape, k.dtype), np.zeros(v.shape, v.dtype)
+        dsinks = None if a.sinks is None else np.zeros(a.q_heads)
+        overrun = 1 if "vjp-varlen-keys-leak" in self.bugs else 0
+        for b in range(a.batch):
+            rows = slice(int(cq[b]), int(cq[b + 1]))
+            keys = slice(int(ck[b]), min(int(ck[b + 1]) + overrun, a.kv_len))
+            if rows.stop == rows.start:
+                if "vjp-varlen-stops-at-empty" in self.bugs:
+                    break
+                continue
+            if keys.stop == keys.start:  # queries with no key: no dq, dk, dv; each row adds its dlse to dsinks
+                if dsinks is not None:
+                    dsinks += np.where(a.sinks == -np.inf, 0, gl[rows].sum(axis=0))
+                continue
+            grads = self._vjp(dense(q[rows]), dense(k[keys]), dense(v[keys]), dense(dout[rows]), gl[rows].T[None],
+                              make_pattern, **options)  # fmt: skip
+            dq[rows] = grads[0][0].transpose(1, 0, 2)
+            dk[keys] += grads[1][0].transpose(1, 0, 2)
+            dv[keys] += grads[2][0].transpose(1, 0, 2)
+            if dsinks is not None:
+                dsinks = grads[3] if "vjp-varlen-dsinks-last-sequence" in self.bugs else dsinks + grads[3]
+        if dsinks is None:
+            return dq, dk, dv
+        return dq, dk, dv, np.asarray(dsinks).astype(np.asarray(options["sinks"]).dtype)
 
     def _reduce_bias(self, dbias: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """``dbias`` summed over the axes the bias was broadcast along, in the bias's own shape."""

@@ -250,3 +250,38 @@ def test_reference_ops_take_torch_tensors_that_require_grad() -> None:
         global_attention(*arrays, kv_lengths=torch.tensor([4], device="meta"))
     with pytest.raises(InvalidArgumentError, match=r"^q:"):
         global_attention(torch.zeros(1, 2, 3, 4, device="meta"), *arrays[1:])
+
+
+# -- AttentionArgs.allowed: the dense allowed keys a wrapping backend hands to its library ----------
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("op", ["global_attention", "local_attention", "chunked_attention"])
+def test_allowed_is_the_brute_force_grid(op: str, seed: int) -> None:
+    """Pattern at the aligned position, kv_lengths, q_lengths and mask, as the loop oracle (which imports none
+    of the rules) spells them; shape ``(B, 1, Lq, Lk)``, or per head with a per-head mask."""
+    from bruteforce import allowed_grid, random_attention_case
+
+    from attnref.validation import chunk_pattern, full_pattern, window_pattern
+
+    (q, k, v), kwargs = random_attention_case(np.random.default_rng(seed), op)
+    pattern = {
+        "global_attention": lambda: full_pattern(kwargs.get("causal", False)),
+        "local_attention": lambda: window_pattern(kwargs["window"]),
+        "chunked_attention": lambda: chunk_pattern(kwargs["chunk_size"], kwargs.get("causal", False)),
+    }[op]()
+    options = {
+        n: kwargs[n] for n in ("scale", "softcap", "bias", "mask", "kv_lengths", "q_lengths", "align") if n in kwargs
+    }
+    args = check_attention(q, k, v, **options)
+    got = args.allowed(pattern, kwargs.get("mask"))
+    assert got.dtype == bool and got.shape[0] == q.shape[0] and got.shape[2:] == (q.shape[2], k.shape[2])
+    assert got.shape[1] in (1, q.shape[1])
+    rules = {n: kwargs[n] for n in ("causal", "window", "chunk_size") if n in kwargs}
+    expected = allowed_grid(op, args.scores_shape, mask=kwargs.get("mask"), kv_lengths=kwargs.get("kv_lengths"),
+                            q_lengths=kwargs.get("q_lengths"), align=kwargs["align"], **rules)  # fmt: skip
+    np.testing.assert_array_equal(np.broadcast_to(got, args.scores_shape), expected)
+
+
+def test_allowed_names_the_offsets_for_packed_inputs() -> None:
+    args = check_attention(PQ, PK, PV, cu_seqlens_q=CU_Q, cu_seqlens_k=CU_K)
+    with pytest.raises(V, match=r"^cu_seqlens_q"):
+        args.allowed(Pattern.full(False))

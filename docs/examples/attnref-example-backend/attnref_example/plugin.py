@@ -85,9 +85,7 @@ def _attend(
         s = cap * np.tanh(s / cap)
     if bias is not None:
         s = s + bias
-    allowed = np.broadcast_to(_allowed(args, pattern)[:, None], args.scores_shape)
-    if mask is not None:
-        allowed = allowed & mask
+    allowed = np.broadcast_to(args.allowed(pattern, mask), args.scores_shape)  # pattern, lengths, mask
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         masked = np.where(allowed, s, -np.inf)  # select, never add: NaN at a masked key stays out
         m = masked.max(axis=-1, keepdims=True)
@@ -101,18 +99,6 @@ def _attend(
         lse = np.where(empty, -np.inf, m + np.log(np.where(empty, 1, total)))[..., 0]
     out = out.astype(dt)
     return (out, lse.astype(dt)) if return_lse else out
-
-
-def _allowed(args, pattern: Pattern) -> np.ndarray:
-    """Boolean ``(B, Lq, Lk)``: the pattern at the aligned positions, and the lengths."""
-    i = np.arange(args.q_len)[None, :, None]
-    j = np.arange(args.kv_len)[None, None, :]
-    ok = np.asarray(pattern.allows(i + args.offsets()[:, None, None], j))
-    if args.kv_lengths is not None:
-        ok = ok & (j < args.kv_lengths[:, None, None])
-    if args.q_lengths is not None:
-        ok = ok & (i < args.q_lengths[:, None, None])
-    return ok
 
 
 @attnref.hookimpl

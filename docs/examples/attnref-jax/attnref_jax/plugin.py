@@ -8,8 +8,8 @@ What it takes to wrap a real library whose conventions differ from attnref's:
   (query ``i`` sits on key ``i``), and its ``key_value_seq_lengths`` only pad:
   they add no per-batch offset. The backend uses JAX's own arguments only when
   every batch's alignment offset is 0 and the window is bounded on both sides;
-  otherwise it hands JAX the pattern as a boolean mask built from
-  :meth:`attnref.patterns.Pattern.allows` at the aligned positions.
+  otherwise it hands JAX the pattern as a boolean mask, the call's allowed keys
+  (:meth:`attnref.validation.AttentionArgs.allowed`).
 * **Rows with no allowed key.** JAX fills masked logits with a large finite
   negative number, so such a row returns the mean of ``V`` and an lse near
   ``-2.4e38``. attnref defines them as ``out = 0`` and ``lse = -inf``; the
@@ -110,7 +110,7 @@ def _attend(
         sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
     )  # fmt: skip
     _decline_what_jax_lacks(args)
-    allowed = _allowed(args, pattern, None if mask is None else np.asarray(mask))
+    allowed = args.allowed(pattern, mask)  # (B, 1 or Hq, Lq, Lk): attnref's rule, lengths and mask
     native = _native_pattern(args, pattern)
     with jax.enable_x64(q.dtype == jnp.float64):
         out, lse = jax.nn.dot_product_attention(
@@ -162,19 +162,6 @@ def _native_pattern(args: AttentionArgs, pattern: Pattern) -> dict[str, Any] | N
         reach = max(args.q_len, args.kv_len)  # a side past the sequence acts as unbounded: keep it small
         return {"local_window_size": (min(pattern.left, reach), min(pattern.right, reach))}
     return None
-
-
-def _allowed(args: AttentionArgs, pattern: Pattern, mask: np.ndarray | None) -> np.ndarray:
-    """Boolean ``(B, Hq or 1, Lq, Lk)``: attnref's allowed-key rule (pattern, lengths, mask)."""
-    i = np.arange(args.q_len)[None, :, None]
-    j = np.arange(args.kv_len)[None, None, :]
-    ok = np.asarray(pattern.allows(i + args.offsets()[:, None, None], j))
-    if args.kv_lengths is not None:
-        ok = ok & (j < args.kv_lengths[:, None, None])
-    if args.q_lengths is not None:
-        ok = ok & (i < args.q_lengths[:, None, None])
-    ok = ok[:, None]
-    return ok if mask is None else ok & mask
 
 
 def _four_dims(array: Any) -> Any:

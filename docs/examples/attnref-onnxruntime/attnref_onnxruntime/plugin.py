@@ -124,7 +124,7 @@ def _attend(
         # which would give a row with no allowed key a finite lse; -inf keeps it -inf. The bias is
         # selected where allowed, so a NaN bias at a hidden key stays out.
         added = np.zeros((), dtype=q.dtype) if bias is None else np.asarray(bias, dtype=q.dtype)
-        feeds["M"] = np.where(_allowed(args, pattern, mask), added, q.dtype.type(-np.inf))
+        feeds["M"] = np.where(args.allowed(pattern, mask), added, q.dtype.type(-np.inf))
     session = _session(q.dtype.str, "M" in feeds, args.scale, args.softcap, bool(return_lse))
     if not return_lse:
         (out,) = session.run(None, feeds)
@@ -151,20 +151,6 @@ def _decline_what_onnx_lacks(args: AttentionArgs) -> None:
 
 def _has_lengths(args: AttentionArgs) -> bool:
     return args.kv_lengths is not None or args.q_lengths is not None
-
-
-def _allowed(args: AttentionArgs, pattern: Pattern, mask: Any) -> np.ndarray:
-    """Boolean ``(B, 1 or Hq, Lq, Lk)``: attnref's allowed-key rule (pattern, lengths, mask), full query axis."""
-    i = np.arange(args.q_len)[None, :, None]
-    j = np.arange(args.kv_len)[None, None, :]
-    ok = np.asarray(pattern.allows(i + args.offsets()[:, None, None], j))
-    ok = np.broadcast_to(ok, (args.batch, args.q_len, args.kv_len))  # a global pattern gives (1, Lq, Lk)
-    if args.kv_lengths is not None:
-        ok = ok & (j < args.kv_lengths[:, None, None])
-    if args.q_lengths is not None:
-        ok = ok & (i < args.q_lengths[:, None, None])
-    ok = ok[:, None]
-    return ok if mask is None else ok & np.asarray(mask)
 
 
 _LOCK = threading.Lock()
