@@ -90,7 +90,7 @@ def attend_paged(
     offset = int(align_offset(args.align, q_len, length))
     lo, hi = pattern.key_range(offset, q_len - 1 + offset, length)
     rows = g * q_len
-    qs = q.astype(dt) * dt.type(args.scale)  # a copy, the scale folded in
+    qs = q.astype(dt, copy=False) * dt.type(args.scale)  # a copy, the scale folded in
     qs = qs.reshape(hkv, rows, q.shape[-1])
     acc = xp.zeros((hkv, rows, args.value_dim), dtype=dt)
     total = xp.zeros((hkv, rows, 1), dtype=dt)

@@ -781,7 +781,7 @@ def test_the_block_plan_is_cached_for_plain_patterns_only():
 
 # -- paged decoding, streamed chunk by chunk (attnref_blocked.decode) ------------------
 def paged_case(rng, dt, lengths=(37, 21, 0), q_len=1, block=4, heads=(4, 2)):
-    """Caches whose blocks sit in a shuffled order, the table's unused entries -1."""
+    """Caches whose blocks sit in a shuffled order, the table's unused entries -1, head size 8."""
     used = [-(-n // block) for n in lengths]
     order = rng.permutation(sum(used) + 2)  # two blocks no sequence uses
     table = np.full((len(lengths), max(used)), -1)
@@ -855,3 +855,26 @@ def test_paged_decoding_streams_without_a_dense_copy():
     v_cache[cache_slot(options, 1, 3)] = np.nan
     paged.paged_attention(np, q, k_cache, v_cache, args, kernel, config)
     assert calls == [21]
+
+
+def test_paged_decoding_memory_is_bounded_by_chunks():
+    """One long sequence, most of the cache: decoding copies chunks of it into small buffers,
+    never the sequence's keys whole (the former gather-then-dense path did, and more)."""
+    rng = np.random.default_rng(43)
+    q, k_cache, v_cache, options = paged_case(rng, np.float32, lengths=(8000, 5), block=16, heads=(8, 2))
+    cache_bytes = k_cache.nbytes + v_cache.nbytes
+    tracemalloc.start()
+    TWO_THREADS.paged_attention(q, k_cache, v_cache, **options)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < cache_bytes / 4, f"peak {peak} of a {cache_bytes}-byte cache"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_paged_many_query_rows_take_the_dense_kernel(dtype):
+    """30 query rows per sequence: a score chunk too large for the streamed kernel's budget, so each
+    sequence's gathered keys go through the blocked dense kernel (row blocks, causal alignment)."""
+    rng = np.random.default_rng(44)
+    q, k_cache, v_cache, options = paged_case(rng, numpy_dtype(dtype), lengths=(37, 30, 0), q_len=30)
+    assert q.shape[1] * q.shape[2] * 4 > TINY.block.score_elements
+    check_multihead(TINY, "paged_attention", dtype, q, k_cache, v_cache, **options, causal=True)
