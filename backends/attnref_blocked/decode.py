@@ -78,14 +78,12 @@ def _pieces(lo: int, hi: int, chunk: int) -> list[tuple[int, int]]:
 
 def attend_paged(
     xp: Any, q: Any, k_cache: Any, v_cache: Any, table: Any, length: int, pattern: Pattern, args: Any,
-    buffers: Buffers, chunk: int, matmul: Any = None,
+    buffers: Buffers, chunk: int,
 ) -> tuple[Any, Any] | None:  # fmt: skip
     """``(out (Hq, Lq, Dv), lse (Hq, Lq))`` in the compute dtype, of the queries ``q (Hq, Lq, D)`` over
     the ``length`` keys whose blocks ``table`` lists (on ``xp``); None if the accumulated output is
     not finite (see the module's docstring). ``args`` gives the scale, softcap, sinks, groups and
-    alignment; ``length >= 1``. ``matmul`` is the product to use (default ``xp.matmul``; the NumPy
-    backend's workers pass their private single-threaded one, :class:`BlockConfig`'s ``matmul``)."""
-    matmul = xp.matmul if matmul is None else matmul
+    alignment; ``length >= 1``."""
     dt = compute_dtype(q.dtype)
     hkv, g = args.kv_heads, args.group
     q_len = q.shape[1]
@@ -101,7 +99,7 @@ def attend_paged(
     for j0, j1 in _pieces(lo, hi, chunk) if lo < hi else ():
         k = _gather(xp, k_cache, buffers.k, table, j0, j1, dt)  # (n, Hkv, D)
         v = _gather(xp, v_cache, buffers.v, table, j0, j1, dt)
-        s = matmul(qs, k.transpose(1, 2, 0), out=buffers.scores[: hkv * rows * (j1 - j0)].reshape(hkv, rows, -1))
+        s = xp.matmul(qs, k.transpose(1, 2, 0), out=buffers.scores[: hkv * rows * (j1 - j0)].reshape(hkv, rows, -1))
         if args.softcap is not None:
             s /= dt.type(args.softcap)
             xp.tanh(s, out=s)
@@ -115,7 +113,7 @@ def attend_paged(
         xp.exp(s, out=s)
         factor = xp.exp(shift - shift_new)  # 1 while the shift stays; acc and total are 0 before any key
         acc *= factor
-        acc += matmul(s, v.transpose(1, 0, 2))
+        acc += xp.matmul(s, v.transpose(1, 0, 2))
         total *= factor
         total += s.sum(axis=-1, keepdims=True)
         m, shift = m_new, shift_new

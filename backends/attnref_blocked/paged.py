@@ -55,8 +55,7 @@ def paged_attention(
         table = xp.asarray(paged.block_table[b, : used[b]])
         result = None
         if buffers is not None:
-            result = attend_paged(xp, q[b], k_cache, v_cache, table, length, paged.pattern, args, buffers, chunk,
-                                  matmul=config.matmul)  # fmt: skip
+            result = attend_paged(xp, q[b], k_cache, v_cache, table, length, paged.pattern, args, buffers, chunk)
         if result is None:
             k = k_cache[table].reshape(-1, *k_cache.shape[2:])[:length]  # (length, Hkv, D): this sequence only
             v = v_cache[table].reshape(-1, *v_cache.shape[2:])[:length]
