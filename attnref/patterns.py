@@ -102,6 +102,8 @@ class QueryBlock:
 
     ``tiles`` cut the keys (see :meth:`Pattern.plan_blocks`); a block whose key
     range is empty (:attr:`empty`) has no tiles: its rows see no key at all.
+    ``causal`` (:meth:`Pattern.block_is_causal`): the rows see exactly the lower
+    triangle of the block, which a kernel's built-in causal mask draws.
     """
 
     start: int
@@ -109,6 +111,7 @@ class QueryBlock:
     key_start: int
     key_stop: int
     tiles: tuple[KeyTile, ...]
+    causal: bool = False  #: square, row ``start + t`` sees exactly keys ``key_start..key_start + t``
 
     @property
     def empty(self) -> bool:
@@ -291,6 +294,30 @@ class Pattern:
         one_chunk = p_first // c == p_last // c == j_first // c == j_last // c
         return one_chunk and (not self.causal or j_last <= p_first)
 
+    def block_is_causal(self, p_first: int, p_last: int, j_first: int, j_last: int) -> bool:
+        """True if the block is square and position ``p_first + t`` may see exactly the keys
+        ``j_first..j_first + t`` of it (both ranges inclusive): the lower triangle, which a
+        kernel's own causal mask (``is_causal``, top-left aligned) draws without a mask array.
+
+        Exact: False whenever some pair of the block is allowed off that triangle or
+        disallowed on it.
+        """
+        p_first, p_last, j_first, j_last = int(p_first), int(p_last), int(j_first), int(j_last)
+        n = p_last - p_first + 1
+        if n < 1 or j_last - j_first + 1 != n:
+            return False
+        if n == 1:  # the triangle is the one pair
+            return self.block_is_full(p_first, p_last, j_first, j_last)
+        if self.kind == "causal":  # row p sees j <= p
+            return p_first == j_first
+        if self.kind == "window":  # row p sees p - left .. p + right
+            top = self.right is not None and p_first + self.right == j_first
+            return top and (self.left is None or p_last - self.left <= j_first)
+        if self.kind == "chunk" and self.causal:  # row p sees its chunk's start .. p
+            c = self.chunk_size
+            return p_first == j_first and p_first // c == p_last // c
+        return False  # global, or a plain chunk: row 0 sees more than one key
+
     def plan_blocks(
         self,
         q_len: int,
@@ -301,6 +328,7 @@ class Pattern:
         key_tile: int | None = None,
         grid: bool = False,
         merge_rows: int | None = None,
+        merge_causal: bool = False,
     ) -> tuple[QueryBlock, ...]:
         """The block plan of query rows ``0..q_len-1`` (row ``i`` at ``p = i + offset``) against ``kv_len`` keys.
 
@@ -334,6 +362,12 @@ class Pattern:
             Merge consecutive blocks with the same key range into one, up to
             this many rows (they share a band: one larger block does the same
             work in larger products). ``None``: no merging.
+        merge_causal : bool
+            With ``merge_rows``: also merge consecutive blocks while the merged
+            block stays causal (:meth:`block_is_causal`; a causal chunk's
+            blocks, for example, merge into the chunk), for a kernel with a
+            built-in causal mask. Such a block does half its products' work
+            in a kernel without one, so the option is off by default.
 
         Returns
         -------
@@ -353,11 +387,23 @@ class Pattern:
             lo, hi = self.key_range(start + offset, stop - 1 + offset, kv_len)
             lo, hi = (lo, hi) if lo < hi else (0, 0)
             last = spans[-1] if spans else None
-            if merge_rows and last and (last[2], last[3]) == (lo, hi) and stop - last[0] <= merge_rows:
-                last[1] = stop
+            fits = bool(merge_rows) and last is not None and stop - last[0] <= merge_rows
+            if fits and (
+                (last[2], last[3]) == (lo, hi) or (merge_causal and self._merges_causal(last, stop, lo, hi, offset))
+            ):
+                last[1], last[2], last[3] = stop, min(last[2], lo), max(last[3], hi)
             else:
                 spans.append([start, stop, lo, hi])
         return tuple(self._block(*span, offset, kv_len, key_tile, grid) for span in spans)
+
+    def _merges_causal(self, last: list[int], stop: int, lo: int, hi: int, offset: int) -> bool:
+        """Whether block ``last`` (``[start, stop, lo, hi]``, causal) and the next block (rows
+        up to ``stop``, keys ``lo:hi``) make one causal block."""
+        if lo >= hi or last[2] >= last[3]:
+            return False
+        start, first, end = last[0], min(last[2], lo), max(last[3], hi)
+        whole = self.block_is_causal(start + offset, last[1] - 1 + offset, last[2], last[3] - 1)
+        return whole and self.block_is_causal(start + offset, stop - 1 + offset, first, end - 1)
 
     def _block(
         self, start: int, stop: int, lo: int, hi: int, offset: int, kv_len: int, key_tile: int | None, grid: bool
@@ -377,7 +423,8 @@ class Pattern:
             KeyTile(j0, j1, j0 >= lo and j1 <= hi and self.block_is_full(p_first, p_last, j0, j1 - 1))
             for j0, j1 in cuts
         )
-        return QueryBlock(start, stop, lo, hi, tiles)
+        causal = self.block_is_causal(p_first, p_last, lo, hi - 1)
+        return QueryBlock(start, stop, lo, hi, tiles, causal)
 
     def dense(self, q_len: int, kv_len: int, align: str = "bottom_right") -> np.ndarray:
         """The boolean ``(q_len, kv_len)`` picture of the pattern (for docs and tests)."""

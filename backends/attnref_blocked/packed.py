@@ -79,7 +79,7 @@ class SequencePattern:
             for block in own:
                 tiles = tuple(KeyTile(t.start + k0, t.stop + k0, t.full) for t in block.tiles)
                 blocks.append(QueryBlock(block.start + q0, block.stop + q0, block.key_start + k0,
-                                         block.key_stop + k0, tiles))  # fmt: skip
+                                         block.key_stop + k0, tiles, block.causal))  # fmt: skip
         return tuple(blocks)
 
 

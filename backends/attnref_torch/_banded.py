@@ -9,7 +9,11 @@ fused kernel (online softmax, no score array in memory) then does the work in
 one operation per step: time and memory stay O(L x band), and the CPU pays
 few thread synchronisations. Consecutive blocks whose bands advance by
 exactly their row count read overlapping strided *views* of ``k`` and ``v``
-(no copy).
+(no copy). Blocks whose rows see exactly the lower triangle of their band (a
+causal chunk, whose blocks the plan merges into one per chunk:
+:meth:`attnref.patterns.Pattern.block_is_causal`) take the kernel's own
+``is_causal`` instead of a mask: no mask array, and the kernel skips the
+upper triangle's products.
 
 The lse and gradients. When the lse or a gradient is asked, each step calls
 ATen's CPU flash-attention kernel directly (:func:`attnref_torch._sdpa.flash_forward`),
@@ -112,8 +116,9 @@ def banded_attention(
     differentiable in ``q``, ``k`` and ``v`` (:class:`BandedFunction`).
     """
     if not (return_lse or requires_grad):
-        out = _Runner.of(q, k, v, pattern, args, bias=bias, mask=mask, with_lse=False).forward()[0]
-        return out if mask is not None else values_put_back(out, None, v, pattern, args)
+        finite_v = mask is not None or known_finite(v)  # with a mask banded_applies found v finite
+        out = _Runner.of(q, k, v, pattern, args, bias=bias, mask=mask, with_lse=False, finite_v=finite_v).forward()[0]
+        return out if finite_v else values_put_back(out, None, v, pattern, args)
     dt = compute_dtype(q.dtype) if requires_grad else q.dtype
     bias = None if bias is None else bias.to(dt)
     # with a gradient banded_applies found v finite: nothing to set to 0 or put back
@@ -128,9 +133,10 @@ class BandedFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, q, k, v, bias, mask, pattern, args, grad):  # type: ignore[override]
-        runner = _Runner.of(q, k, v, pattern, args, bias=bias, mask=mask, with_lse=True, grad=grad)
+        finite_v = mask is not None or grad or known_finite(v)  # v is finite with a mask or a gradient
+        runner = _Runner.of(q, k, v, pattern, args, bias=bias, mask=mask, with_lse=True, grad=grad, finite_v=finite_v)
         out, lse_kernel, lse = runner.forward()
-        if mask is None and not grad:  # v is finite with a mask or a gradient
+        if not finite_v:
             out = values_put_back(out, None, v, pattern, args)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, bias, mask, out, lse_kernel, lse)
@@ -151,7 +157,9 @@ class BandedFunction(torch.autograd.Function):
         if dlse is not None:
             dlse = torch.where(live, dlse, torch.zeros((), dtype=dlse.dtype))
         if known_finite(dout, dlse):
-            runner = _Runner.of(q, k, v, ctx.pattern, ctx.args, bias=bias, mask=mask, with_lse=True, grad=True)
+            runner = _Runner.of(
+                q, k, v, ctx.pattern, ctx.args, bias=bias, mask=mask, with_lse=True, grad=True, finite_v=True
+            )  # fmt: skip
             dq, dk, dv = runner.backward(out, lse_kernel, dout, dlse)
         else:
             dq, dk, dv = blocked_backward(q, k, v, bias, mask, ctx.pattern, ctx.args, dout, dlse)
@@ -219,23 +227,40 @@ class _Runner:
 
     @classmethod
     def of(
-        cls, q, k, v, pattern: Pattern, args: AttentionArgs, *, bias, mask, with_lse: bool, grad: bool = False
+        cls,
+        q,
+        k,
+        v,
+        pattern: Pattern,
+        args: AttentionArgs,
+        *,
+        bias,
+        mask,
+        with_lse: bool,
+        finite_v: bool,
+        grad: bool = False,
     ) -> _Runner:
-        """The runner of one call: ``k`` contiguous, ``v``'s non-finite entries set to 0 (with
-        ``grad``, the forward and backward of a gradient, ``v`` is finite, and the blocks are
-        :data:`GRAD_ROWS_FACTOR` times taller)."""
+        """The runner of one call: ``k`` contiguous, ``v``'s non-finite entries set to 0 unless
+        ``finite_v`` says there are none (no copy then); with ``grad`` (the forward and backward
+        of a gradient) the blocks are :data:`GRAD_ROWS_FACTOR` times taller."""
         return cls(
-            q=q, k=k.contiguous(), v=(v if grad else finite_part(v)).contiguous(), pattern=pattern, args=args,
+            q=q, k=k.contiguous(), v=(v if finite_v else finite_part(v)).contiguous(), pattern=pattern, args=args,
             bias5=as5d(None if bias is None else bias.to(q.dtype), args.kv_heads, args.group),
             mask5=as5d(mask, args.kv_heads, args.group), with_lse=with_lse,
             rows=block_rows(q.device) * (GRAD_ROWS_FACTOR if grad else 1),
         )  # fmt: skip
 
     def steps(self, group: Group):
-        """``(rows, width, blocks)`` of every SDPA call of a batch element of ``group``."""
+        """``(rows, width, blocks)`` of every SDPA call of a batch element of ``group``.
+
+        Without a user mask or bias, blocks whose rows see exactly their band's lower
+        triangle (a causal chunk, merged into one block) are marked causal: the kernel's
+        own causal mask draws them, with no mask array and half the products."""
         a = self.args
-        heads = a.q_heads if (self.mask5 is not None or self.bias5 is not None) else 1
-        for (rows, width), blocks in plan(self.pattern, group, self.rows, _plan.MAX_MERGED_ROWS, _plan.KEY_TILE):
+        plain = self.mask5 is None and self.bias5 is None
+        heads = 1 if plain else a.q_heads
+        shapes = plan(self.pattern, group, self.rows, _plan.MAX_MERGED_ROWS, _plan.KEY_TILE, causal=plain)
+        for (rows, width, _), blocks in shapes:
             step = max(1, STEP_MASK_ELEMENTS // (heads * rows * width))
             for start in range(0, len(blocks), step):
                 yield rows, width, blocks[start : start + step]
@@ -281,6 +306,7 @@ class _Runner:
                         self._take(out[b], blocks, rows, row_index),
                         self._take(lse_kernel[b], blocks, rows, row_index),
                         dlse=dl, attn_mask=self._additive(attn_mask), scale=a.scale, group=a.group,
+                        is_causal=blocks[0].causal,
                     )  # fmt: skip
                     self._put(dq[b], blocks, rows, dqb)
                     keys = key_index.reshape(-1)
@@ -324,16 +350,16 @@ class _Runner:
         row_index, key_index = indices(tuple(blocks), rows, width, device)  # (n, rows), (n, width)
         q, k, v = self._operands(b, blocks, rows, width, row_index, key_index)
         attn_mask, dead = self._attn_mask(b, group, blocks, row_index, key_index)
-        lse = None
+        lse, causal = None, blocks[0].causal
         if self.with_lse:
             out, lse = _sdpa.flash_forward(
-                q, k, v, attn_mask=self._additive(attn_mask), scale=a.scale, group=a.group
+                q, k, v, attn_mask=self._additive(attn_mask), scale=a.scale, group=a.group, is_causal=causal
             )  # fmt: skip
         else:
             if a.group > 1 and not _sdpa.HAS_ENABLE_GQA:
                 k, v = k.repeat_interleave(a.group, 1), v.repeat_interleave(a.group, 1)
             gqa = {"enable_gqa": True} if a.group > 1 and _sdpa.HAS_ENABLE_GQA else {}
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=a.scale, **gqa)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=a.scale, is_causal=causal, **gqa)
         if dead is not None:
             out = torch.where(dead, torch.zeros((), dtype=out.dtype, device=device), out)
         return out, lse, dead
@@ -343,7 +369,10 @@ class _Runner:
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """SDPA's mask for the blocks (bool, or float with the bias) and the rows with no
         allowed key (None when there is none). Such rows are given every key of their
-        band, so the kernel sees normal rows; their result is replaced by 0."""
+        band, so the kernel sees normal rows; their result is replaced by 0. Causal
+        blocks need neither (the kernel's ``is_causal``; every row sees its diagonal key)."""
+        if blocks[0].causal:
+            return None, None
         if self.mask5 is None:
             return self._pattern_mask(b, group, blocks, row_index, key_index)
         allowed = self._gather(self.mask5, b, row_index, key_index)

@@ -188,7 +188,7 @@ class _Run:
         for group in self.groups:
             b = group.stop - group.first
             max_rows = max(per_row, min(_plan.MAX_MERGED_ROWS, budget // (b * a.q_heads * max(group.kv_len, 1))))
-            for (rows, width), blocks in plan(self.pattern, group, per_row, max_rows, _plan.KEY_TILE):
+            for (rows, width, _), blocks in plan(self.pattern, group, per_row, max_rows, _plan.KEY_TILE):
                 step = max(1, budget // (b * a.q_heads * rows * width))
                 for start in range(0, len(blocks), step):
                     chunk = blocks[start : start + step]

@@ -65,13 +65,15 @@ class Group:
 @dataclass(frozen=True)
 class Block:
     """Query rows ``r0:r1`` of a group, the band ``lo:hi`` of keys they may see, and the
-    tiles of the band the pattern cuts, as ``(start, stop)`` relative to ``lo``."""
+    tiles of the band the pattern cuts, as ``(start, stop)`` relative to ``lo``; ``causal``:
+    the rows see exactly the band's lower triangle (a kernel's ``is_causal`` draws it)."""
 
     r0: int
     r1: int
     lo: int
     hi: int
     cut: tuple[tuple[int, int], ...]
+    causal: bool = False
 
 
 def groups(args: AttentionArgs) -> tuple[Group, ...]:
@@ -85,25 +87,29 @@ def groups(args: AttentionArgs) -> tuple[Group, ...]:
 
 @functools.lru_cache(maxsize=64)
 def plan(
-    pattern: Pattern, group: Group, rows: int, max_rows: int, key_tile: int
-) -> tuple[tuple[tuple[int, int], tuple[Block, ...]], ...]:
-    """Blocks by shape: ``((rows, band width), blocks)``, from
+    pattern: Pattern, group: Group, rows: int, max_rows: int, key_tile: int, causal: bool = False
+) -> tuple[tuple[tuple[int, int, bool], tuple[Block, ...]], ...]:
+    """Blocks by shape: ``((rows, band width, causal), blocks)``, from
     :meth:`attnref.patterns.Pattern.plan_blocks`; rows that see no key are in none.
 
     Consecutive blocks with the same band are merged (up to ``max_rows`` rows):
     the band is shared, so one larger block does the same work in larger tiles
-    (all the blocks of a chunk, for example). Cached: calls of one shape plan once.
+    (all the blocks of a chunk, for example). With ``causal`` (a kernel with a
+    built-in causal mask), blocks also merge while the merged block stays causal
+    (a causal chunk's blocks into the chunk), and such blocks are marked
+    :attr:`Block.causal`. Cached: calls of one shape plan once.
     """
-    buckets: dict[tuple[int, int], list[Block]] = defaultdict(list)
+    buckets: dict[tuple[int, int, bool], list[Block]] = defaultdict(list)
     planned = pattern.plan_blocks(
-        group.q_len, group.kv_len, offset=group.offset, block_rows=rows, key_tile=key_tile, merge_rows=max_rows
-    )
+        group.q_len, group.kv_len, offset=group.offset, block_rows=rows, key_tile=key_tile, merge_rows=max_rows,
+        merge_causal=causal,
+    )  # fmt: skip
     for qb in planned:
         if qb.empty:
             continue
         cut = tuple((t.start - qb.key_start, t.stop - qb.key_start) for t in qb.tiles if not t.full)
-        blk = Block(qb.start, qb.stop, qb.key_start, qb.key_stop, cut)
-        buckets[(blk.r1 - blk.r0, blk.hi - blk.lo)].append(blk)
+        blk = Block(qb.start, qb.stop, qb.key_start, qb.key_stop, cut, causal and qb.causal)
+        buckets[(blk.r1 - blk.r0, blk.hi - blk.lo, blk.causal)].append(blk)
     return tuple((shape, tuple(b)) for shape, b in buckets.items())
 
 

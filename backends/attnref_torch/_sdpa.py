@@ -110,14 +110,22 @@ def _kv_heads(k: torch.Tensor, v: torch.Tensor, group: int) -> tuple[torch.Tenso
 
 
 def flash_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attn_mask: torch.Tensor | None, scale: float, group: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    attn_mask: torch.Tensor | None,
+    scale: float,
+    group: int,
+    is_causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, lse)`` of ``softmax(scale * q k^T + attn_mask) v`` for ``(..., H, L, D)`` operands,
-    ``k`` and ``v`` with ``H / group`` heads; ``lse`` float32 for 16-bit inputs.
+    ``k`` and ``v`` with ``H / group`` heads; ``lse`` float32 for 16-bit inputs. ``is_causal``
+    (no ``attn_mask``): row ``i`` sees keys ``0..i`` only (top-left aligned).
     A row whose ``attn_mask`` is all ``-inf`` gets output 0 and lse 0 (see the module's docstring)."""
     k, v = _kv_heads(k, v, group)
     op = getattr(torch.ops.aten, _FLASH)
-    return op(q, k, v, 0.0, False, attn_mask=attn_mask, scale=scale)
+    return op(q, k, v, 0.0, is_causal, attn_mask=attn_mask, scale=scale)
 
 
 def flash_backward(
@@ -132,9 +140,10 @@ def flash_backward(
     attn_mask: torch.Tensor | None,
     scale: float,
     group: int,
+    is_causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` of :func:`flash_forward` for upstream ``dout`` and ``dlse`` (None = 0),
-    given its ``out`` and ``lse``.
+    given its ``out`` and ``lse`` (and its ``is_causal``).
 
     The kernel computes ``dS = P * (dout v^T - delta)`` with ``delta = dout . out``; an
     upstream ``dlse`` adds ``P * dlse`` (``d lse_i / d s_ij = P_ij``), so it enters as
@@ -148,7 +157,7 @@ def flash_backward(
         out = torch.cat([out, torch.ones_like(out[..., :1])], -1)
         dout = torch.cat([dout, -dlse.to(dout.dtype)[..., None]], -1)
     op = getattr(torch.ops.aten, _FLASH + "_backward")
-    dq, dk, dv = op(dout, q, k, v, out, lse, 0.0, False, attn_mask=attn_mask, scale=scale)
+    dq, dk, dv = op(dout, q, k, v, out, lse, 0.0, is_causal, attn_mask=attn_mask, scale=scale)
     if dlse is not None:
         dq, dk, dv = dq[..., :-1], dk[..., :-1], dv[..., :-1]
     if dk.shape[-3] != heads:  # heads repeated above: sum each kv head's copies

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from attnref import reference as R  # noqa: E402
 from attnref.validation import check_attention  # noqa: E402
-from attnref_torch import TorchBackend, _banded, _blocked, _flex, _numerics, _ops, _sdpa  # noqa: E402
+from attnref_torch import TorchBackend, _banded, _blocked, _flex, _numerics, _ops, _plan, _sdpa  # noqa: E402
 
 
 @pytest.fixture
@@ -274,3 +274,76 @@ def test_every_op_has_the_reference_s_signature():
     for op in sorted(backend.ops):
         expected = [p for p in inspect.signature(getattr(R, op)).parameters if p not in ("precision", "return_weights")]
         assert list(inspect.signature(getattr(backend, op)).parameters) == expected, op
+
+
+def test_causal_chunks_run_as_causal_blocks_with_the_kernel_s_own_mask(cpu, monkeypatch):
+    """A causal chunk's blocks merge into one block per chunk that SDPA's ``is_causal`` draws
+    (no mask array, half the products): forward, lse and backward agree with the reference,
+    also where an offset breaks the alignment (those blocks keep their masks) and with a
+    non-finite value (put back as before)."""
+    causal_calls = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+    real_forward, real_backward = _sdpa.flash_forward, _sdpa.flash_backward
+
+    def sdpa(*a, is_causal=False, attn_mask=None, **kw):
+        causal_calls.append(("sdpa", is_causal, attn_mask is None))
+        return real_sdpa(*a, is_causal=is_causal, attn_mask=attn_mask, **kw)
+
+    def forward(*a, is_causal=False, attn_mask=None, **kw):
+        causal_calls.append(("forward", is_causal, attn_mask is None))
+        return real_forward(*a, is_causal=is_causal, attn_mask=attn_mask, **kw)
+
+    def backward(*a, is_causal=False, attn_mask=None, **kw):
+        causal_calls.append(("backward", is_causal, attn_mask is None))
+        return real_backward(*a, is_causal=is_causal, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(_banded.F, "scaled_dot_product_attention", sdpa)
+    monkeypatch.setattr(_sdpa, "flash_forward", forward)
+    monkeypatch.setattr(_sdpa, "flash_backward", backward)
+    rng = np.random.default_rng(12)
+    for lq, lk in [(512, 512), (500, 500), (448, 512), (450, 512)]:
+        q, k, v = _qkv(rng, Lq=lq, Lk=lk, dtype=np.float64)
+        v[1, 0, 300, 2] = float("nan")
+        causal_calls.clear()
+        out = cpu.chunked_attention(q, k, v, chunk_size=128, causal=True)
+        expected = R.chunked_attention(q.numpy(), k.numpy(), v.numpy(), chunk_size=128, causal=True)
+        np.testing.assert_allclose(out.numpy(), expected, atol=1e-12)
+        # blocks of 64 rows start at chunk starts unless the offset shifts them (448: all chunks but the first)
+        aligned = (lk - lq) % _plan.BLOCK_ROWS == 0
+        assert ("sdpa", True, True) in causal_calls if aligned else all(not c for _, c, _ in causal_calls)
+        assert all(no_mask for _, c, no_mask in causal_calls if c)
+        v[1, 0, 300, 2] = 0.0
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        out, lse = cpu.chunked_attention(*leaves, chunk_size=128, causal=True, return_lse=True)
+        dout, dlse = rng.standard_normal(out.shape), rng.standard_normal(lse.shape)
+        (out * torch.from_numpy(dout)).sum().add((lse * torch.from_numpy(dlse)).sum()).backward()
+        arrays = [x.detach().numpy() for x in leaves]
+        ref_out, ref_lse = R.chunked_attention(*arrays, chunk_size=128, causal=True, return_lse=True)
+        grads = R.chunked_attention_vjp(*arrays, dout, chunk_size=128, causal=True, dlse=dlse)
+        np.testing.assert_allclose(out.detach().numpy(), ref_out, atol=1e-12)
+        np.testing.assert_allclose(lse.detach().numpy(), ref_lse, atol=1e-12)
+        for leaf, grad in zip(leaves, grads[:3], strict=True):
+            np.testing.assert_allclose(leaf.grad.numpy(), grad, atol=1e-11)
+        kinds = {kind for kind, c, _ in causal_calls if c}
+        grad_aligned = (lk - lq) % (_plan.BLOCK_ROWS * _banded.GRAD_ROWS_FACTOR) == 0  # taller blocks
+        assert kinds == {*(["sdpa"] if aligned else []), *(["forward", "backward"] if grad_aligned else [])}
+
+
+def test_the_banded_path_copies_v_only_when_it_holds_a_non_finite_value(cpu, monkeypatch):
+    """A finite ``v`` goes to the kernel as it is (a copy the size of ``v`` was a third of the path's
+    extra memory); one with a NaN is copied with it set to 0 and the NaN put back."""
+    copies = []
+    real = _banded.finite_part
+    monkeypatch.setattr(_banded, "finite_part", lambda x: copies.append(1) or real(x))
+    q, k, v = _qkv(np.random.default_rng(13), dtype=np.float64)
+    for return_lse in (False, True):
+        copies.clear()
+        cpu.local_attention(q, k, v, window=(3, 2), return_lse=return_lse)
+        assert copies == []
+        v[0, 1, 4, 0] = float("nan")
+        result = cpu.local_attention(q, k, v, window=(3, 2), return_lse=return_lse)
+        out = result[0] if return_lse else result
+        expected = R.local_attention(q.numpy(), k.numpy(), v.numpy(), window=(3, 2))
+        np.testing.assert_allclose(out.numpy(), expected, atol=1e-12)
+        assert copies == [1]
+        v[0, 1, 4, 0] = 0.5

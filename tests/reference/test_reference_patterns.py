@@ -71,6 +71,65 @@ def test_block_is_full_exactly_when_every_pair_is_allowed(op: str, options: dict
                     assert pattern.block_is_full(first, last, j_first, j_last) == every, (first, last, j_first, j_last)
 
 
+@pytest.mark.parametrize(("op", "options", "pattern"), PATTERNS, ids=IDS)
+def test_block_is_causal_exactly_when_the_block_is_its_lower_triangle(
+    op: str, options: dict[str, Any], pattern: Pattern
+) -> None:
+    """A kernel's ``is_causal`` replaces the mask of such a block: one pair off would be a wrong answer."""
+    for first in POSITIONS:
+        for last in range(first, first + 5):
+            for j_first in range(KV_LEN):
+                for j_last in range(j_first, KV_LEN):
+                    square = last - first == j_last - j_first
+                    triangle = square and all(
+                        key_allowed(op, options, first + t, j_first + u) == (u <= t)
+                        for t in range(last - first + 1)
+                        for u in range(j_last - j_first + 1)
+                    )
+                    got = pattern.block_is_causal(first, last, j_first, j_last)
+                    assert got == triangle, (first, last, j_first, j_last)
+
+
+@pytest.mark.parametrize(("op", "options", "pattern"), PATTERNS, ids=IDS)
+@pytest.mark.parametrize(("q_len", "kv_len"), [(16, 16), (13, 16), (16, 13), (7, 16)])
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_plans_cover_every_row_once_and_mark_causal_blocks(
+    op: str, options: dict[str, Any], pattern: Pattern, q_len: int, kv_len: int, rows: int
+) -> None:
+    """Every plan (merged or not) covers the rows once, in order, with each block's exact key range;
+    ``merge_causal`` merges only into causal blocks, and ``causal`` is what the rule says."""
+    offset = kv_len - q_len
+    plain = pattern.plan_blocks(q_len, kv_len, offset=offset, block_rows=rows)
+    for merge_causal in (False, True):
+        plan = pattern.plan_blocks(
+            q_len, kv_len, offset=offset, block_rows=rows, key_tile=2, merge_rows=6, merge_causal=merge_causal
+        )
+        assert [b.start for b in plan] == [0, *[b.stop for b in plan[:-1]]] and plan[-1].stop == q_len
+        for block in plan:
+            allowed = [
+                j for i in range(block.start, block.stop) for j in range(kv_len)
+                if key_allowed(op, options, i + offset, j)
+            ]  # fmt: skip
+            lo, hi = (min(allowed), max(allowed) + 1) if allowed else (0, 0)
+            assert (block.key_start, block.key_stop) == (lo, hi) or (block.empty and not allowed)
+            expected = not block.empty and pattern.block_is_causal(
+                block.start + offset, block.stop - 1 + offset, block.key_start, block.key_stop - 1
+            )
+            assert block.causal == expected
+            merged = block.stop - block.start > rows
+            if merged and not merge_causal:
+                assert all(b.key_start == block.key_start for b in plain if block.start <= b.start < block.stop)
+            if merged and merge_causal:
+                assert block.causal or all(
+                    (b.key_start, b.key_stop) == (block.key_start, block.key_stop)
+                    for b in plain
+                    if block.start <= b.start < block.stop
+                )
+    if pattern in (Pattern.chunk(3, True), Pattern.full(True)) and q_len == kv_len:
+        merged = pattern.plan_blocks(q_len, kv_len, block_rows=1, merge_rows=q_len, merge_causal=True)
+        assert merged[0].causal and merged[0].stop == (3 if pattern.kind == "chunk" else q_len)
+
+
 # -- the constructor checks its own arguments --------------------------------
 @pytest.mark.parametrize(
     ("build", "error", "argument"),
