@@ -212,7 +212,8 @@ def attend_vjp(
     # A task holds its whole key range. A backward block costs more per block than a forward one (five
     # products and the softmax's passes against two), so narrow bands take taller blocks: 4x the forward's
     # per-block overhead in the planner's choice took the window (256, 256), L=16384 backward from 1.55 s to
-    # 1.0 s on the 2-core development VM (fp32, H=8, D=64, 2026-12-02, alternately in one process).
+    # 1.0 s on the 2-core development VM (fp32, H=8, D=64, 2026-12-02, alternately in one process; measured
+    # as 4 x 8, and 4 x 12 keeps that window's blocks of 128 rows).
     config = dataclasses.replace(config, key_block=0, row_overhead=4 * config.row_overhead)
     tasks = plan(args, pattern, config)
     run_tasks(xp, tasks, lambda task, _: _run_task(ctx, task), lambda: None, config.threads)
