@@ -38,9 +38,9 @@ from .common import (
     SMOKE,
     Prepared,
     _MemorySuite,
-    _seconds,
     _TimeSuite,
     backend_object,
+    best_alternately,
     grid,
     implements,
     multihead_inputs,
@@ -178,10 +178,7 @@ class BackwardOverForward:
     def track_backward_over_forward(self, impl: str, case: str) -> float:
         warm_up(self.forward)
         warm_up(self.forward_backward)
-        best = {"forward": float("inf"), "both": float("inf")}
-        for _ in range(3):
-            best["forward"] = min(best["forward"], _seconds(self.forward.run))
-            best["both"] = min(best["both"], _seconds(self.forward_backward.run))
+        best = best_alternately({"forward": self.forward.run, "both": self.forward_backward.run}, 3)
         return (best["both"] - best["forward"]) / best["forward"]
 
     track_backward_over_forward.unit = "ratio"  # type: ignore[attr-defined]

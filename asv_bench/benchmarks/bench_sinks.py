@@ -34,9 +34,9 @@ from .common import (
     SMOKE,
     Prepared,
     _MemorySuite,
-    _seconds,
     _TimeSuite,
     backend_prepared,
+    best_alternately,
     grid,
     multihead_inputs,
     registered_backends,
@@ -177,10 +177,7 @@ class SinksOverhead:
     def track_sinks_over_plain(self, impl: str, case: str) -> float:
         warm_up(self.with_sinks)
         warm_up(self.plain)
-        best = {"with": float("inf"), "plain": float("inf")}
-        for _ in range(5):
-            best["with"] = min(best["with"], _seconds(self.with_sinks.run))
-            best["plain"] = min(best["plain"], _seconds(self.plain.run))
+        best = best_alternately({"with": self.with_sinks.run, "plain": self.plain.run}, 5)
         return best["with"] / best["plain"]
 
     track_sinks_over_plain.unit = "ratio"  # type: ignore[attr-defined]

@@ -61,6 +61,7 @@ __all__ = [
     "POOLING_CASES",
     "Prepared",
     "prepare",
+    "best_alternately",
     "warm_up",
     "repeat_for",
     "MemoryProbe",
@@ -627,6 +628,17 @@ def _seconds(func: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def best_alternately(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """The best seconds of each call, the calls timed in turn ``rounds`` times in one process
+    (after a warm-up call each), so that load from other processes hits them alike: the way a
+    ratio of two calls is measured here."""
+    best = {name: float("inf") for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            best[name] = min(best[name], _seconds(call))
+    return best
+
+
 def fraction_of_matmul(prepared: Prepared, useful_flops: float, rounds: int = 3) -> float:
     """Useful throughput of ``prepared`` over the faster library's fp32 GEMM throughput.
 
@@ -635,10 +647,7 @@ def fraction_of_matmul(prepared: Prepared, useful_flops: float, rounds: int = 3)
     alike. CPU only (the GEMMs run on the host).
     """
     warm_up(prepared)
-    best: dict[str, float] = {}
-    for _ in range(rounds):
-        for name, call in [*gemm_calls().items(), ("attention", prepared.run)]:
-            best[name] = min(best.get(name, float("inf")), _seconds(call))
+    best = best_alternately({**gemm_calls(), "attention": prepared.run}, rounds)
     attention = useful_flops / best.pop("attention")
     matmul = max(2 * GEMM_N**3 / t for t in best.values())
     return attention / matmul
