@@ -23,8 +23,9 @@ __all__ = ["Inputs", "block_of", "scores", "allowed", "nonfinite_keys"]
 
 
 class Inputs:
-    """One call's inputs, prepared once: ``k`` contiguous in the compute dtype, ``bias`` and
-    ``mask`` as 4-d views (no broadcast copy)."""
+    """One call's inputs, prepared once: ``k`` in the compute dtype with its rows contiguous
+    (a packed ``(T, H, D)`` batch's view is used as it is: BLAS reads a row stride), ``bias``
+    and ``mask`` as 4-d views (no broadcast copy)."""
 
     def __init__(
         self, xp: Any, q: Any, k: Any, pattern: Pattern, args: AttentionArgs, bias: Any, mask: Any,
@@ -36,7 +37,8 @@ class Inputs:
         self.pattern = pattern
         self.dtype = compute_dtype(q.dtype)
         self.q = q
-        self.k = xp.ascontiguousarray(k.astype(self.dtype, copy=False))  # BLAS-friendly slices
+        k = k.astype(self.dtype, copy=False)
+        self.k = k if k.strides[-1] == k.itemsize else xp.ascontiguousarray(k)  # BLAS-friendly slices
         self.bias = None if bias is None else _as_4d(bias)
         self.mask = None if mask is None else _as_4d(mask)
 
