@@ -397,13 +397,12 @@ class Pattern:
         return tuple(self._block(*span, offset, kv_len, key_tile, grid) for span in spans)
 
     def _merges_causal(self, last: list[int], stop: int, lo: int, hi: int, offset: int) -> bool:
-        """Whether block ``last`` (``[start, stop, lo, hi]``, causal) and the next block (rows
-        up to ``stop``, keys ``lo:hi``) make one causal block."""
+        """Whether block ``last`` (``[start, stop, lo, hi]``) and the next block (rows up to
+        ``stop``, keys ``lo:hi``) make one causal block (checked on the merged block itself)."""
         if lo >= hi or last[2] >= last[3]:
             return False
-        start, first, end = last[0], min(last[2], lo), max(last[3], hi)
-        whole = self.block_is_causal(start + offset, last[1] - 1 + offset, last[2], last[3] - 1)
-        return whole and self.block_is_causal(start + offset, stop - 1 + offset, first, end - 1)
+        first, end = min(last[2], lo), max(last[3], hi)
+        return self.block_is_causal(last[0] + offset, stop - 1 + offset, first, end - 1)
 
     def _block(
         self, start: int, stop: int, lo: int, hi: int, offset: int, kv_len: int, key_tile: int | None, grid: bool

@@ -116,9 +116,9 @@ def banded_attention(
     differentiable in ``q``, ``k`` and ``v`` (:class:`BandedFunction`).
     """
     if not (return_lse or requires_grad):
-        finite_v = mask is not None or known_finite(v)  # with a mask banded_applies found v finite
-        out = _Runner.of(q, k, v, pattern, args, bias=bias, mask=mask, with_lse=False, finite_v=finite_v).forward()[0]
-        return out if finite_v else values_put_back(out, None, v, pattern, args)
+        runner = _Runner.of(q, k, v, pattern, args, bias=bias, mask=mask, with_lse=False)
+        out = runner.forward()[0]
+        return out if runner.finite_v else values_put_back(out, None, v, pattern, args)
     dt = compute_dtype(q.dtype) if requires_grad else q.dtype
     bias = None if bias is None else bias.to(dt)
     # with a gradient banded_applies found v finite: nothing to set to 0 or put back
@@ -133,10 +133,9 @@ class BandedFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, q, k, v, bias, mask, pattern, args, grad):  # type: ignore[override]
-        finite_v = mask is not None or grad or known_finite(v)  # v is finite with a mask or a gradient
-        runner = _Runner.of(q, k, v, pattern, args, bias=bias, mask=mask, with_lse=True, grad=grad, finite_v=finite_v)
+        runner = _Runner.of(q, k, v, pattern, args, bias=bias, mask=mask, with_lse=True, grad=grad)
         out, lse_kernel, lse = runner.forward()
-        if not finite_v:
+        if not runner.finite_v:
             out = values_put_back(out, None, v, pattern, args)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, bias, mask, out, lse_kernel, lse)
@@ -157,9 +156,7 @@ class BandedFunction(torch.autograd.Function):
         if dlse is not None:
             dlse = torch.where(live, dlse, torch.zeros((), dtype=dlse.dtype))
         if known_finite(dout, dlse):
-            runner = _Runner.of(
-                q, k, v, ctx.pattern, ctx.args, bias=bias, mask=mask, with_lse=True, grad=True, finite_v=True
-            )  # fmt: skip
+            runner = _Runner.of(q, k, v, ctx.pattern, ctx.args, bias=bias, mask=mask, with_lse=True, grad=True)
             dq, dk, dv = runner.backward(out, lse_kernel, dout, dlse)
         else:
             dq, dk, dv = blocked_backward(q, k, v, bias, mask, ctx.pattern, ctx.args, dout, dlse)
@@ -219,11 +216,13 @@ class _Runner:
         mask5: torch.Tensor | None,
         with_lse: bool,
         rows: int,
+        finite_v: bool,
     ):
         self.q, self.k, self.v = q, k, v
         self.pattern, self.args = pattern, args
         self.bias5, self.mask5 = bias5, mask5
         self.with_lse, self.rows = with_lse, rows
+        self.finite_v = finite_v  # False: v's non-finite values were set to 0, the caller puts them back
 
     @classmethod
     def of(
@@ -237,17 +236,19 @@ class _Runner:
         bias,
         mask,
         with_lse: bool,
-        finite_v: bool,
         grad: bool = False,
     ) -> _Runner:
-        """The runner of one call: ``k`` contiguous, ``v``'s non-finite entries set to 0 unless
-        ``finite_v`` says there are none (no copy then); with ``grad`` (the forward and backward
-        of a gradient) the blocks are :data:`GRAD_ROWS_FACTOR` times taller."""
+        """The runner of one call: ``k`` contiguous, and ``v`` as it is when it is known finite
+        (:func:`banded_applies` found it so with a mask or a gradient; otherwise one sum says),
+        else a copy with its non-finite entries set to 0 (:attr:`finite_v` False: the caller puts
+        them back); with ``grad`` (the forward and backward of a gradient) the blocks are
+        :data:`GRAD_ROWS_FACTOR` times taller."""
+        finite_v = mask is not None or grad or known_finite(v)
         return cls(
             q=q, k=k.contiguous(), v=(v if finite_v else finite_part(v)).contiguous(), pattern=pattern, args=args,
             bias5=as5d(None if bias is None else bias.to(q.dtype), args.kv_heads, args.group),
             mask5=as5d(mask, args.kv_heads, args.group), with_lse=with_lse,
-            rows=block_rows(q.device) * (GRAD_ROWS_FACTOR if grad else 1),
+            rows=block_rows(q.device) * (GRAD_ROWS_FACTOR if grad else 1), finite_v=finite_v,
         )  # fmt: skip
 
     def steps(self, group: Group):
