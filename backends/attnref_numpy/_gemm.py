@@ -77,7 +77,10 @@ class PrivateBlas:
         n = b.shape[-1]
         if b.shape[-2] != k or 0 in (m, n, k) or max(m, n, k) > _INT_MAX:
             return np.matmul(a, b, out=out)
-        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        # Kept lean: the blocked kernels call this hundreds of times per op, from worker threads
+        # that share the GIL, and NumPy's broadcasting helpers cost microseconds each.
+        batch_a, batch_b = a.shape[:-2], b.shape[:-2]
+        batch = batch_a if batch_a == batch_b else np.broadcast_shapes(batch_a, batch_b)
         shape = (*batch, m, n)
         if out is None:
             out = np.empty(shape, dtype=a.dtype)
@@ -90,15 +93,18 @@ class PrivateBlas:
         if b_layout is None:
             b = np.ascontiguousarray(b)
             b_layout = _layout(b)
-        a = np.broadcast_to(a, (*batch, m, k))
-        b = np.broadcast_to(b, (*batch, k, n))
+        if batch_a != batch:
+            a = np.broadcast_to(a, (*batch, m, k))
+        if batch_b != batch:
+            b = np.broadcast_to(b, (*batch, k, n))
         size = a.itemsize
         inner = batch[-1] if batch else 1
-        stride_a = a.strides[-3] // size if batch else 0
-        stride_b = b.strides[-3] // size if batch else 0
+        stride_a = a.strides[-3] // size if inner > 1 else 0
+        stride_b = b.strides[-3] // size if inner > 1 else 0
         if max(abs(stride_a), abs(stride_b), m * n) > _INT_MAX or stride_a < 0 or stride_b < 0:
             return np.matmul(a, b, out=out)
-        for outer in itertools.product(*(range(extent) for extent in batch[:-1])):
+        outers = itertools.product(*(range(extent) for extent in batch[:-1])) if len(batch) > 1 else ((),)
+        for outer in outers:
             kernel(
                 a_layout[0], b_layout[0], m, n, k, 1.0,
                 a[outer].ctypes.data, a_layout[1], stride_a,
