@@ -227,6 +227,17 @@ class Pattern:
         same_chunk = (j // c) == (p // c)
         return (same_chunk & (j <= p)) if self.causal else same_chunk
 
+    @property
+    def period(self) -> int:
+        """The smallest shift ``s >= 1`` with ``allows(p + s, j + s) == allows(p, j)`` for every ``p, j``.
+
+        1 for global, causal and window patterns (the rule reads only
+        ``j - p``); the chunk size for chunks (shifting by whole chunks keeps
+        every pair in, or out of, one chunk). Blocked kernels draw the mask of
+        one block and reuse it for every block at the same place in the period.
+        """
+        return self.chunk_size if self.kind == "chunk" else 1
+
     # -- block planning ---------------------------------------------------
     def key_range(self, p_first: int, p_last: int, kv_len: int) -> tuple[int, int]:
         """Half-open range ``[lo, hi)`` of keys in ``[0, kv_len)`` that some

@@ -21,6 +21,9 @@ from attnref_blocked.plan import Task
 
 __all__ = ["Inputs", "block_of", "scores", "allowed", "nonfinite_keys"]
 
+#: Most pattern masks one call keeps (see :meth:`Inputs.disallowed`); a band needs a handful.
+MASK_CACHE_ENTRIES = 256
+
 
 class Inputs:
     """One call's inputs, prepared once: ``k`` in the compute dtype with its rows contiguous
@@ -41,6 +44,34 @@ class Inputs:
         self.k = k if k.strides[-1] == k.itemsize else xp.ascontiguousarray(k)  # BLAS-friendly slices
         self.bias = None if bias is None else _as_4d(bias)
         self.mask = None if mask is None else _as_4d(mask)
+        self._masks: dict[tuple, Any] = {}  # see disallowed
+
+    def disallowed(self, p0: int, rows: int, m0: int, m1: int, transposed: bool) -> Any:
+        """``~allows`` of query positions ``p0 .. p0 + rows - 1`` against keys ``[m0, m1)``, laid
+        out ``(1, 1, rows, keys)`` (``(1, keys, 1, rows)`` if ``transposed``), contiguous.
+
+        Kept for the call by the block's place in the pattern's period
+        (:attr:`Pattern.period`): every block of a band at the same place has
+        the same mask, and drawing it anew costs a dozen small array calls per
+        block. A pattern-like object without a period (a packed batch's) is
+        drawn every time.
+        """
+        period = getattr(self.pattern, "period", None)
+        if period is None:
+            return self._draw_disallowed(p0, rows, m0, m1, transposed)
+        base = p0 - p0 % period
+        key = (p0 - base, rows, m0 - base, m1 - m0, transposed)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = self._draw_disallowed(p0 - base, rows, m0 - base, m1 - base, transposed)
+            if len(self._masks) < MASK_CACHE_ENTRIES:
+                self._masks[key] = mask
+        return mask
+
+    def _draw_disallowed(self, p0: int, rows: int, m0: int, m1: int, transposed: bool) -> Any:
+        xp = self.xp
+        ok = self.pattern.allows(xp.arange(p0, p0 + rows)[:, None], xp.arange(m0, m1)[None, :])  # (rows, keys)
+        return xp.ascontiguousarray(_layout(~ok[None, None], transposed))
 
 
 def _as_4d(array: Any) -> Any:
@@ -122,10 +153,8 @@ def scores(
     for m0, m1 in task.masked:
         m0, m1 = max(m0, j0), min(m1, j1)
         if m0 < m1:
-            positions = xp.arange(r0 + task.offset, r1 + task.offset)
-            ok = ctx.pattern.allows(positions[:, None], xp.arange(m0, m1)[None, :])  # (rows, keys)
             target = s4[:, m0 - j0 : m1 - j0] if transposed else s4[..., m0 - j0 : m1 - j0]
-            xp.copyto(target, NEG_INF, where=~_layout(ok[None, None], transposed))
+            xp.copyto(target, NEG_INF, where=ctx.disallowed(r0 + task.offset, rows, m0, m1, transposed))
     if user is not None:
         xp.copyto(s4, NEG_INF, where=~_layout(_keys(user, task, j0, j1), transposed))
     return s, dcap

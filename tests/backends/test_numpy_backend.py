@@ -25,7 +25,7 @@ from attnref.backend import OPS, backend_problems
 from attnref.dtypes import DTYPE_NAMES, numpy_dtype
 from attnref.patterns import Pattern
 from attnref.validation import check_attention
-from attnref_blocked import BlockConfig, forward, plan
+from attnref_blocked import BlockConfig, blocks, forward, plan
 from attnref_numpy import _blas, _gemm
 from attnref_numpy import backend as backend_module
 from attnref_numpy.backend import NumpyBackend
@@ -607,6 +607,38 @@ def test_results_do_not_depend_on_threads_or_blocks():
         q, k, v, window=(9, 3)
     )
     np.testing.assert_allclose(one, many, rtol=2e-6, atol=2e-7)
+
+
+@pytest.mark.parametrize(
+    "op, kwargs",
+    [
+        ("local_attention", {"window": (4, 1)}),
+        ("chunked_attention", {"chunk_size": 5}),
+        ("chunked_attention", {"chunk_size": 5, "causal": True, "align": "top_left"}),
+        ("global_attention", {"causal": True, "kv_lengths": [29, 17]}),
+    ],
+)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_pattern_masks_are_reused_a_period_apart(monkeypatch, op, kwargs, dtype):
+    """Blocks at the same place in the pattern's period share one mask (``Inputs.disallowed``):
+    fewer masks are drawn than blocks need, and the answer is the one drawn block by block.
+    Lq != Lk puts the blocks at every phase of the chunks."""
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((2, 2, 23, 4)).astype(dtype)
+    k, v = (rng.standard_normal((2, 2, 29, 4)).astype(dtype) for _ in range(2))
+    backend = NumpyBackend(threads=2, block=BlockConfig(score_elements=64, max_rows=3, tile=2, key_block=4))
+    draws = []
+    draw = blocks.Inputs._draw_disallowed
+    monkeypatch.setattr(blocks.Inputs, "_draw_disallowed", lambda self, *a: draws.append(a) or draw(self, *a))
+    cached = getattr(backend, op)(q, k, v, return_lse=True, **kwargs)
+    reused = len(draws)
+    monkeypatch.setattr(blocks, "MASK_CACHE_ENTRIES", 0)
+    draws.clear()
+    drawn = getattr(backend, op)(q, k, v, return_lse=True, **kwargs)
+    assert 0 < reused < len(draws)
+    for a, b in zip(cached, drawn, strict=True):
+        np.testing.assert_array_equal(a, b)
+    check_multihead(backend, op, dtype, q, k, v, **kwargs)
 
 
 def test_strided_and_broadcast_inputs():

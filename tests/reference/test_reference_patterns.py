@@ -91,6 +91,19 @@ def test_block_is_causal_exactly_when_the_block_is_its_lower_triangle(
 
 
 @pytest.mark.parametrize(("op", "options", "pattern"), PATTERNS, ids=IDS)
+def test_period_is_the_smallest_shift_that_keeps_every_pair(op: str, options: dict[str, Any], pattern: Pattern) -> None:
+    """Blocked kernels reuse one block's mask for every block a period away: a period too short
+    would give those blocks a wrong mask, one too long only costs reuse (so it must be the smallest)."""
+    pairs = [(p, j) for p in POSITIONS for j in range(-5, 16)]
+
+    def keeps(shift: int) -> bool:
+        return all(key_allowed(op, options, p + shift, j + shift) == key_allowed(op, options, p, j) for p, j in pairs)
+
+    assert keeps(pattern.period) and keeps(3 * pattern.period) and keeps(-2 * pattern.period)
+    assert not any(keeps(shift) for shift in range(1, pattern.period))
+
+
+@pytest.mark.parametrize(("op", "options", "pattern"), PATTERNS, ids=IDS)
 @pytest.mark.parametrize(("q_len", "kv_len"), [(16, 16), (13, 16), (16, 13), (7, 16)])
 @pytest.mark.parametrize("rows", [1, 2, 3])
 def test_plans_cover_every_row_once_and_mark_causal_blocks(
