@@ -172,3 +172,33 @@ def test_the_report_reads_the_default_grid(bench):
     assert report.PAGED_CASE in bench["bench_paged"].CASES
     assert set(report.SINKS_CASES) <= set(bench["bench_sinks"].CASES)
     assert set(report.FAMILY) == set(bench["common"].MULTIHEAD_CASES)
+
+
+@pytest.mark.parametrize("case", ["chunk(1024)", "window(255, 0)", "global"])
+def test_the_floor_makes_exactly_the_backends_products(monkeypatch, case):
+    """``asv_bench/floor.py`` bounds what the NumPy backend can reach by its products and exps alone:
+    it must replay the backend's own plan, product for product (same shapes, same count)."""
+    from attnref_numpy import backend as numpy_backend
+
+    sys.path.insert(0, str(ASV_DIR))
+    try:
+        floor = importlib.import_module("floor")
+    finally:
+        sys.path.remove(str(ASV_DIR))
+    products: list[tuple] = []
+
+    class Counting:
+        def matmul(self, a, b, out=None):
+            products.append((a.shape, b.shape))
+            return np.matmul(a, b, out=out)
+
+    monkeypatch.setattr(numpy_backend, "private_blas", lambda: Counting())
+    length = 2048
+    run = floor.floor_call(case, length)
+    run()
+    replayed = sorted(products)
+    products.clear()
+    q, k, v = floor.multihead_inputs(length, "float32")
+    spec = floor.MULTIHEAD_CASES[case]
+    getattr(numpy_backend.NumpyBackend(), spec.op)(q, k, v, **spec.kwargs)
+    assert replayed and replayed == sorted(products)
