@@ -47,6 +47,7 @@ from benchmarks.common import (  # noqa: E402
 )
 
 from attnref.validation import check_attention  # noqa: E402
+from attnref_blocked.forward import _Scratch  # noqa: E402  (replayed as the backend uses it)
 from attnref_blocked.plan import key_pieces, plan  # noqa: E402
 from attnref_blocked.threads import run_tasks  # noqa: E402
 from attnref_numpy.backend import NumpyBackend  # noqa: E402
@@ -68,15 +69,12 @@ def floor_call(case_name: str, length: int):
         (h0, h1), (r0, r1) = task.heads, task.rows
         qb = q[task.batch, h0 * g : h1 * g, r0:r1].reshape(h1 - h0, g * (r1 - r0), -1)
         for j0, j1 in key_pieces(task, config.key_block):
-            shape = (h1 - h0, j1 - j0, qb.shape[1])
-            size = shape[0] * shape[1] * shape[2]
-            if scratch[0] is None or scratch[0].size < size:  # one score buffer per worker, as the backend's
-                scratch[0] = np.empty(size, dtype=np.float32)
-            s = matmul(k[task.batch, h0:h1, j0:j1], qb.swapaxes(-1, -2), out=scratch[0][:size].reshape(shape))
+            out = scratch.scores((h1 - h0, j1 - j0, qb.shape[1]))  # the backend's own per-worker score buffer
+            s = matmul(k[task.batch, h0:h1, j0:j1], qb.swapaxes(-1, -2), out=out)
             np.exp(s, out=s)
             matmul(extended[task.batch, h0:h1, j0:j1].swapaxes(-1, -2), s)
 
-    return lambda: run_tasks(np, tasks, task_work, lambda: [None], config.threads)
+    return lambda: run_tasks(np, tasks, task_work, lambda: _Scratch(np, np.dtype(np.float32)), config.threads)
 
 
 def main() -> None:
@@ -98,7 +96,8 @@ def main() -> None:
     floor, backend, baseline = best["floor"], best["numpy"], best[options.baseline]
     gemm = max(2 * GEMM_N**3 / seconds for name, seconds in best.items() if name.startswith("gemm"))
     useful = 4 * BATCH * HEADS * HEAD_DIM * allowed_pairs(MULTIHEAD_CASES[options.pattern].pattern, options.length)
-    print(f"{options.pattern}, L={options.length}, fp32, B=1, H=8, D=64 (best of {options.rounds}, alternately):")
+    shape = f"B={BATCH}, H={HEADS}, D={HEAD_DIM}"
+    print(f"{options.pattern}, L={options.length}, fp32, {shape} (best of {options.rounds}, alternately):")
     for name, seconds in best.items():
         print(f"  {name:<22} {seconds * 1e3:9.1f} ms")
     print(f"  numpy / floor          {backend / floor:9.2f}   (the backend's overhead around its products and exps)")
